@@ -1,0 +1,261 @@
+//! A stream's view of the hub: one cursor per topic, drained in sequence order.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::Instant;
+
+use crate::hub::{Hub, Topic};
+use crate::topic::TopicName;
+
+/// One topic of a subscription and how far this stream has read it.
+pub(crate) struct Cursor {
+    topic: Arc<Topic>,
+    pos: u64,
+    waiter: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl Cursor {
+    pub(crate) fn new(topic: Arc<Topic>, pos: u64) -> Self {
+        Self {
+            topic,
+            pos,
+            waiter: None,
+        }
+    }
+
+    fn pending(&self) -> u64 {
+        self.topic
+            .head
+            .load(Ordering::Acquire)
+            .saturating_sub(self.pos)
+    }
+}
+
+/// What one [`Subscription::drain_into`] call appended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Frames appended.
+    pub frames: usize,
+    /// When the oldest appended frame reached the gateway.
+    pub oldest: Option<Instant>,
+    /// Frames that left the ring before this stream read them: the stream is broken and
+    /// must be cut.
+    pub lost: u64,
+}
+
+/// A stream's registration with the hub.
+///
+/// Created by [`Hub::subscribe`]; frames are read with [`Subscription::drain_into`] in
+/// sequence order. Dropping it releases the stream's topics.
+pub struct Subscription {
+    hub: Hub,
+    cursors: Vec<Cursor>,
+    reset: Option<Bytes>,
+    replayed: u64,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topics", &self.topic_names().collect::<Vec<_>>())
+            .field("backlog", &self.backlog())
+            .field("replayed", &self.replayed)
+            .finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(hub: Hub, cursors: Vec<Cursor>, reset: Option<Bytes>, replayed: u64) -> Self {
+        Self {
+            hub,
+            cursors,
+            reset,
+            replayed,
+        }
+    }
+
+    pub(crate) fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
+        self.cursors.iter().map(|c| &c.topic)
+    }
+
+    /// The topics of this stream.
+    pub fn topic_names(&self) -> impl Iterator<Item = &TopicName> {
+        self.cursors.iter().map(|c| &c.topic.name)
+    }
+
+    /// The hub this subscription belongs to.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The `gateway.reset` frame owed before anything else, if the stream's last event
+    /// id could not be honoured. Returned once.
+    pub fn take_reset(&mut self) -> Option<Bytes> {
+        self.reset.take()
+    }
+
+    /// Frames scheduled for replay when the subscription was made.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
+    }
+
+    /// Frames published to this stream's topics and not yet drained.
+    pub fn backlog(&self) -> u64 {
+        self.cursors.iter().map(Cursor::pending).sum()
+    }
+
+    /// Appends the next frames, oldest first, until `max_frames` frames or `max_bytes`
+    /// bytes (at least one frame fits regardless) have been appended.
+    ///
+    /// A stream over several topics gets their frames merged in sequence order, and a
+    /// frame shared by several topics (one reset for one upstream gap) once.
+    pub fn drain_into(
+        &mut self,
+        out: &mut BytesMut,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Drained {
+        match self.cursors.as_mut_slice() {
+            [] => Drained::default(),
+            [one] => drain_one(one, out, max_frames, max_bytes),
+            many => {
+                let watermark = self.hub.inner.watermark.load(Ordering::Acquire);
+                drain_merged(many, watermark, out, max_frames, max_bytes)
+            }
+        }
+    }
+
+    /// Ready when a frame may be available or the hub is closing; registers for a wake-up
+    /// otherwise. Spurious readiness is possible; drain and poll again.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.has_work() {
+            return Poll::Ready(());
+        }
+        if self.poll_pushed(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        // Re-check after registering: a frame pushed in between is not missed.
+        if self.has_work() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Ready when a frame was pushed to one of the topics (or the hub started closing)
+    /// since the last call; registers for a wake-up on the next push otherwise. Unlike
+    /// [`Subscription::poll_ready`] it ignores frames already waiting: a writer whose
+    /// socket is full uses it to re-check how far behind it is.
+    pub fn poll_pushed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut pushed = false;
+        for c in &mut self.cursors {
+            let waiter = c.waiter.get_or_insert_with(|| {
+                let mut waiter = Box::pin(c.topic.notify.clone().notified_owned());
+                waiter.as_mut().enable();
+                waiter
+            });
+            if waiter.as_mut().poll(cx).is_ready() {
+                c.waiter = None;
+                pushed = true;
+            }
+        }
+        if pushed {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        self.is_closing() || self.cursors.iter().any(|c| c.pending() > 0)
+    }
+
+    /// Whether the hub asked every stream to end.
+    pub fn is_closing(&self) -> bool {
+        self.hub.is_closing()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for c in &self.cursors {
+            c.topic.release();
+        }
+    }
+}
+
+fn drain_one(c: &mut Cursor, out: &mut BytesMut, max_frames: usize, max_bytes: usize) -> Drained {
+    let ring = c.topic.ring.read();
+    let mut drained = Drained {
+        lost: ring.start_pos().saturating_sub(c.pos),
+        ..Drained::default()
+    };
+    if drained.lost > 0 {
+        return drained;
+    }
+    let start = out.len();
+    for entry in ring.iter_from(c.pos) {
+        if drained.frames == max_frames || (drained.frames > 0 && out.len() - start >= max_bytes) {
+            break;
+        }
+        out.extend_from_slice(&entry.frame);
+        drained.oldest.get_or_insert(entry.received);
+        drained.frames += 1;
+    }
+    c.pos += drained.frames as u64;
+    drained
+}
+
+fn drain_merged(
+    cursors: &mut [Cursor],
+    watermark: u64,
+    out: &mut BytesMut,
+    max_frames: usize,
+    max_bytes: usize,
+) -> Drained {
+    // Gather up to `max_frames` candidates per topic, only up to the watermark: every
+    // frame at or below it is already in its ring, so the merge cannot be overtaken.
+    let mut candidates: Vec<(u64, usize, Bytes, Instant)> = Vec::new();
+    let mut drained = Drained::default();
+    for (index, c) in cursors.iter().enumerate() {
+        let ring = c.topic.ring.read();
+        let lost = ring.start_pos().saturating_sub(c.pos);
+        if lost > 0 {
+            drained.lost += lost;
+            continue;
+        }
+        candidates.extend(
+            ring.iter_from(c.pos)
+                .take_while(|e| e.seq <= watermark)
+                .take(max_frames)
+                .map(|e| (e.seq, index, e.frame.clone(), e.received)),
+        );
+    }
+    if drained.lost > 0 {
+        return drained;
+    }
+    candidates.sort_unstable_by_key(|&(seq, index, ..)| (seq, index));
+    let start = out.len();
+    let mut last_seq = None;
+    for (seq, index, frame, received) in candidates {
+        if last_seq != Some(seq) {
+            if drained.frames == max_frames
+                || (drained.frames > 0 && out.len() - start >= max_bytes)
+            {
+                break;
+            }
+            out.extend_from_slice(&frame);
+            drained.oldest = Some(drained.oldest.map_or(received, |o| o.min(received)));
+            drained.frames += 1;
+            last_seq = Some(seq);
+        }
+        cursors[index].pos += 1;
+    }
+    drained
+}

@@ -1,0 +1,469 @@
+//! The per-client writer: one task per stream, over a plain async byte stream.
+//!
+//! It writes the opening bytes, then whatever the stream's [`Subscription`] has, many
+//! frames per socket write (coalescing), heartbeats after silence and a final `retry:`
+//! when the hub closes. In the same poll it watches the socket for the client going away,
+//! so a closed client frees its slot at once, not at the next write.
+//!
+//! ## Slow clients
+//!
+//! Frames are not queued per client: a client's backlog is its distance behind the
+//! topic's ring. A client whose socket is full (a write is pending) while it is more than
+//! `client_buffer` frames behind is cut and its unsent frames counted as dropped; a client
+//! whose socket accepts nothing for `write_timeout` is cut too. A client that is merely
+//! scheduled late, with a socket that still accepts data, catches up in large writes.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::subscription::Subscription;
+
+/// How the body bytes are framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// HTTP/1.1 `Transfer-Encoding: chunked`: one chunk per write, a last chunk at the end.
+    Chunked,
+    /// Body bytes as they are, the end marked by closing (HTTP/1.0, or a transport that
+    /// frames the body itself).
+    Raw,
+}
+
+/// Settings of the writer, from `[sse]`.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Comment sent after this much silence.
+    pub heartbeat: Duration,
+    /// Reconnection delay announced at the start and at the end of a stream.
+    pub retry: Duration,
+    /// A socket that accepts nothing for this long is cut.
+    pub write_timeout: Duration,
+    /// Frames a client may be behind while its socket is full.
+    pub client_buffer: usize,
+    /// Upper bound on one coalesced write, in bytes (at least one frame is written).
+    pub max_write_bytes: usize,
+}
+
+/// Why a stream ended.
+#[non_exhaustive]
+#[derive(Debug)]
+pub enum StreamEnd {
+    /// The client closed its side (or reset the connection).
+    ClientClosed,
+    /// The hub closed (shutdown): the stream was ended with a final `retry:`.
+    Shutdown,
+    /// The client fell more than `client_buffer` frames behind with a full socket.
+    SlowConsumer {
+        /// Frames it will not get.
+        dropped: u64,
+    },
+    /// The socket accepted nothing for `write_timeout`.
+    WriteTimeout,
+    /// The client sent more than a few KiB on an event stream.
+    UnexpectedInput,
+    /// Writing failed.
+    Io(io::Error),
+}
+
+/// The outcome of [`serve`].
+#[derive(Debug)]
+pub struct StreamReport {
+    /// Why it ended.
+    pub end: StreamEnd,
+    /// Event frames written (resets included; comments and heartbeats not).
+    pub frames_sent: u64,
+    /// Bytes written, head and framing included.
+    pub bytes_sent: u64,
+}
+
+/// Bytes a client may send on an event stream before it is cut.
+const MAX_INPUT: usize = 16 * 1024;
+/// Frames per write loop before yielding to other tasks.
+const MAX_ROUNDS: usize = 32;
+/// Room kept in front of a chunk for its size line: 8 hex digits and CRLF.
+const CHUNK_HEADER_ROOM: usize = 10;
+
+/// Serves one stream until it ends: writes `head` (e.g. an HTTP response head) and the
+/// opening `retry:` and comment at once, then frames as they come.
+pub async fn serve<S>(
+    io: S,
+    sub: Subscription,
+    head: Bytes,
+    framing: BodyFraming,
+    config: &WriterConfig,
+) -> StreamReport
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut writer = Writer::new(io, sub, framing, config);
+    writer.open(&head);
+    std::future::poll_fn(|cx| writer.poll(cx)).await
+}
+
+enum Phase {
+    Streaming,
+    Closing,
+}
+
+struct Writer<'c, S> {
+    io: S,
+    sub: Subscription,
+    framing: BodyFraming,
+    config: &'c WriterConfig,
+    /// Bytes handed to us but not yet to the socket.
+    out: BytesMut,
+    /// Event frames in `out`, and when the oldest of them arrived.
+    out_frames: usize,
+    out_oldest: Option<Instant>,
+    timer: Pin<Box<Sleep>>,
+    last_write: Instant,
+    blocked_since: Option<Instant>,
+    phase: Phase,
+    input_seen: usize,
+    frames_sent: u64,
+    bytes_sent: u64,
+}
+
+impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
+    fn new(io: S, sub: Subscription, framing: BodyFraming, config: &'c WriterConfig) -> Self {
+        let now = Instant::now();
+        Self {
+            io,
+            sub,
+            framing,
+            config,
+            out: BytesMut::new(),
+            out_frames: 0,
+            out_oldest: None,
+            timer: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
+            last_write: now,
+            blocked_since: None,
+            phase: Phase::Streaming,
+            input_seen: 0,
+            frames_sent: 0,
+            bytes_sent: 0,
+        }
+    }
+
+    /// Queues the head, the opening `retry:` + comment, and a reset frame if one is owed.
+    fn open(&mut self, head: &[u8]) {
+        let mut body = BytesMut::with_capacity(64);
+        sse_framing::encode_retry(&mut body, millis(self.config.retry));
+        sse_framing::encode_comment(&mut body, "connected");
+        body.extend_from_slice(b"\n");
+        if let Some(reset) = self.sub.take_reset() {
+            body.extend_from_slice(&reset);
+            self.out_frames += 1;
+            self.out_oldest = Some(Instant::now());
+        }
+        self.out
+            .reserve(head.len() + body.len() + CHUNK_HEADER_ROOM + 2);
+        self.out.extend_from_slice(head);
+        self.push_chunk(&body);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
+        if let Some(end) = self.poll_input(cx) {
+            return Poll::Ready(self.finish(end));
+        }
+        for _ in 0..MAX_ROUNDS {
+            if matches!(self.phase, Phase::Streaming) && self.sub.is_closing() {
+                self.begin_close();
+            }
+            match self.poll_flush_out(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
+                Poll::Ready(Ok(())) => {}
+                Poll::Pending => {
+                    // Wake up on new frames too: they may make this client a slow one.
+                    loop {
+                        if let Some(end) = self.check_slow_consumer() {
+                            return Poll::Ready(self.finish(end));
+                        }
+                        if self.sub.poll_pushed(cx).is_pending() {
+                            break;
+                        }
+                    }
+                    return self.poll_timer(cx);
+                }
+            }
+            if let Phase::Closing = self.phase {
+                // Everything, the last chunk included, is written.
+                let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+                return Poll::Ready(self.finish(StreamEnd::Shutdown));
+            }
+            match self.fill(cx) {
+                Fill::Frames | Fill::Closing => continue,
+                Fill::Lost(dropped) => return Poll::Ready(self.cut_slow(dropped)),
+                Fill::Idle => return self.poll_timer(cx),
+            }
+        }
+        // Busy stream: let other tasks run, come back at once.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Reads (and discards) whatever the client sends, to notice it closing.
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Option<StreamEnd> {
+        let mut scratch = [0u8; 256];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return None,
+                Poll::Ready(Err(_)) => return Some(StreamEnd::ClientClosed),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Some(StreamEnd::ClientClosed);
+                }
+                Poll::Ready(Ok(())) => {
+                    self.input_seen += buf.filled().len();
+                    if self.input_seen > MAX_INPUT {
+                        return Some(StreamEnd::UnexpectedInput);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `out` until it is empty (Ready) or the socket is full (Pending).
+    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.out.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.out.advance(n);
+                    self.bytes_sent += n as u64;
+                    self.last_write = Instant::now();
+                    self.blocked_since = None;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    return Poll::Pending;
+                }
+            }
+        }
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => {
+                self.blocked_since.get_or_insert_with(Instant::now);
+                return Poll::Pending;
+            }
+        }
+        self.batch_written();
+        Poll::Ready(Ok(()))
+    }
+
+    fn batch_written(&mut self) {
+        if self.out_frames > 0 {
+            let metrics = self.sub.hub().metrics();
+            metrics.events_sent.inc_by(self.out_frames as u64);
+            if let Some(oldest) = self.out_oldest.take() {
+                metrics
+                    .delivery_latency
+                    .observe(oldest.elapsed().as_secs_f64());
+            }
+            self.frames_sent += self.out_frames as u64;
+            self.out_frames = 0;
+        }
+        // An idle stream keeps no buffer; a busy one reuses its own.
+        if self.out.capacity() > 4 * self.config.max_write_bytes {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// Moves the next frames from the hub into `out` (which is empty).
+    fn fill(&mut self, cx: &mut Context<'_>) -> Fill {
+        debug_assert!(self.out.is_empty());
+        if self.sub.is_closing() {
+            return Fill::Closing;
+        }
+        if self.sub.poll_ready(cx).is_pending() {
+            self.out = BytesMut::new();
+            return Fill::Idle;
+        }
+        let framed = matches!(self.framing, BodyFraming::Chunked);
+        if framed {
+            self.out.extend_from_slice(&[0; CHUNK_HEADER_ROOM]);
+        }
+        let drained = self.sub.drain_into(
+            &mut self.out,
+            self.config.client_buffer.max(1),
+            self.config.max_write_bytes,
+        );
+        if drained.lost > 0 {
+            // Everything not yet read is lost to this client, the evicted frames included.
+            return Fill::Lost(self.sub.backlog());
+        }
+        if drained.frames == 0 {
+            self.out.clear();
+            // Readiness was spurious (or frames above the watermark are still landing).
+            cx.waker().wake_by_ref();
+            return Fill::Idle;
+        }
+        if framed {
+            let len = self.out.len() - CHUNK_HEADER_ROOM;
+            let header = ChunkHeader::new(len);
+            let skip = CHUNK_HEADER_ROOM - header.as_bytes().len();
+            self.out[skip..CHUNK_HEADER_ROOM].copy_from_slice(header.as_bytes());
+            self.out.advance(skip);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out_frames = drained.frames;
+        self.out_oldest = drained.oldest;
+        Fill::Frames
+    }
+
+    /// With a write pending: cut the client if it is too far behind.
+    fn check_slow_consumer(&mut self) -> Option<StreamEnd> {
+        if !matches!(self.phase, Phase::Streaming) {
+            return None;
+        }
+        let behind = self.sub.backlog() + self.out_frames as u64;
+        if behind > self.config.client_buffer as u64 {
+            return Some(self.slow_end(behind));
+        }
+        None
+    }
+
+    fn cut_slow(&mut self, dropped: u64) -> StreamReport {
+        let end = self.slow_end(dropped + self.out_frames as u64);
+        self.finish(end)
+    }
+
+    fn slow_end(&mut self, dropped: u64) -> StreamEnd {
+        let metrics = self.sub.hub().metrics();
+        metrics.slow_consumer_disconnects.inc();
+        metrics.dropped_slow_consumer.inc_by(dropped);
+        self.out_frames = 0;
+        StreamEnd::SlowConsumer { dropped }
+    }
+
+    /// Heartbeat, write timeout and closing deadline share one timer.
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
+        loop {
+            let deadline = match (&self.phase, self.blocked_since) {
+                (_, Some(since)) => since + self.config.write_timeout,
+                (Phase::Streaming, None) => self.last_write + self.config.heartbeat,
+                // Closing with nothing blocked cannot wait here; poll() finishes it.
+                (Phase::Closing, None) => return Poll::Pending,
+            };
+            if self.timer.deadline() != deadline {
+                self.timer.as_mut().reset(deadline);
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if self.blocked_since.is_some() {
+                self.sub.hub().metrics().write_timeouts.inc();
+                return Poll::Ready(self.finish(StreamEnd::WriteTimeout));
+            }
+            // Silence for a whole heartbeat: send a comment.
+            let mut body = BytesMut::with_capacity(16);
+            sse_framing::encode_comment(&mut body, "heartbeat");
+            body.extend_from_slice(b"\n");
+            self.push_chunk(&body);
+            match self.poll_flush_out(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.out = BytesMut::new();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
+                Poll::Pending => {}
+            }
+        }
+    }
+
+    /// Queues the final `retry:` and the end of the body after whatever is pending.
+    fn begin_close(&mut self) {
+        self.phase = Phase::Closing;
+        let mut body = BytesMut::with_capacity(24);
+        sse_framing::encode_retry(&mut body, millis(self.config.retry));
+        body.extend_from_slice(b"\n");
+        self.push_chunk(&body);
+        if let BodyFraming::Chunked = self.framing {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        // A client that stopped reading is still bounded by the write timeout.
+    }
+
+    /// Appends `body` as one chunk (or as is, unframed).
+    fn push_chunk(&mut self, body: &[u8]) {
+        if let BodyFraming::Chunked = self.framing {
+            self.out
+                .extend_from_slice(ChunkHeader::new(body.len()).as_bytes());
+            self.out.extend_from_slice(body);
+            self.out.extend_from_slice(b"\r\n");
+        } else {
+            self.out.extend_from_slice(body);
+        }
+    }
+
+    fn finish(&mut self, end: StreamEnd) -> StreamReport {
+        let end = match end {
+            StreamEnd::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                StreamEnd::ClientClosed
+            }
+            other => other,
+        };
+        StreamReport {
+            end,
+            frames_sent: self.frames_sent,
+            bytes_sent: self.bytes_sent,
+        }
+    }
+}
+
+enum Fill {
+    Frames,
+    Closing,
+    Lost(u64),
+    Idle,
+}
+
+/// The size line of a chunk, `<hex length>\r\n`, built on the stack.
+struct ChunkHeader {
+    buf: [u8; 18],
+    start: usize,
+}
+
+impl ChunkHeader {
+    fn new(len: usize) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0u8; 18];
+        buf[16] = b'\r';
+        buf[17] = b'\n';
+        let mut start = 16;
+        let mut n = len;
+        loop {
+            start -= 1;
+            buf[start] = HEX[n & 0xf];
+            n >>= 4;
+            if n == 0 {
+                break;
+            }
+        }
+        Self { buf, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
