@@ -1,0 +1,236 @@
+//! The NATS adapter against a real nats-server.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use prometheus::IntGauge;
+use sse_bus::{NatsBus, NatsBusConfig};
+use sse_hub::{Epoch, Hub, HubConfig, HubMetrics, Subscription, TopicName};
+use sse_testkit::{NatsServer, eventually, publish};
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(15);
+
+struct Setup {
+    nats: NatsServer,
+    hub: Hub,
+    gauge: IntGauge,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+async fn setup(linger: Duration) -> Setup {
+    let nats = NatsServer::start().unwrap();
+    let hub = Hub::new(
+        HubConfig {
+            replay_window: 64,
+            client_buffer: 64,
+            topic_linger: linger,
+        },
+        Epoch::new("bus").unwrap(),
+        HubMetrics::unregistered(),
+    );
+    let gauge = IntGauge::new("nats_connected", "test").unwrap();
+    let bus = NatsBus::new(
+        NatsBusConfig {
+            servers: NatsBusConfig::parse_servers(&nats.url()).unwrap(),
+            subject_prefix: "sse".into(),
+            client_name: "sse-bus-test".into(),
+            connected_gauge: gauge.clone(),
+        },
+        hub.clone(),
+    );
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        bus.run(async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    let s = Setup {
+        nats,
+        hub,
+        gauge,
+        stop: Some(stop),
+        task,
+    };
+    let hub = s.hub.clone();
+    eventually(WAIT, "hub connected", || {
+        let hub = hub.clone();
+        async move {
+            hub.is_connected()
+                .then_some(())
+                .ok_or_else(|| anyhow::anyhow!("not yet"))
+        }
+    })
+    .await
+    .unwrap();
+    s
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::parse(name, false).unwrap()
+}
+
+async fn subscribe(hub: &Hub, name: &str) -> Subscription {
+    let sub = hub.subscribe(&[topic(name)], None);
+    assert!(
+        hub.wait_upstream(&sub, WAIT).await,
+        "subscription confirmed"
+    );
+    sub
+}
+
+/// Waits until `sub` has `n` frames and returns them as text.
+async fn frames(sub: &mut Subscription, n: usize) -> Vec<sse_framing_events::Event> {
+    let mut out = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        sub.drain_into(&mut out, 1024, 1 << 20);
+        let events = sse_framing_events::decode(&out);
+        if events.len() >= n {
+            return events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} events",
+            events.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+mod sse_framing_events {
+    pub use sse_testkit::Event;
+    pub fn decode(bytes: &[u8]) -> Vec<Event> {
+        let mut items = Vec::new();
+        sse_framing::Decoder::new().feed(bytes, &mut items).unwrap();
+        items
+            .into_iter()
+            .filter_map(|i| match i {
+                sse_testkit::Item::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_reach_the_hub_with_their_event_type() {
+    let s = setup(Duration::from_secs(30)).await;
+    assert_eq!(s.gauge.get(), 1);
+    let mut sub = subscribe(&s.hub, "orders.42").await;
+    let client = s.nats.client().await.unwrap();
+    publish(&client, "sse.orders.42", "plain", None)
+        .await
+        .unwrap();
+    publish(&client, "sse.orders.42", "typed", Some("created"))
+        .await
+        .unwrap();
+    publish(&client, "sse.orders.42", vec![0xffu8, 0xfe], None)
+        .await
+        .unwrap();
+    publish(&client, "sse.orders.42", "after", None)
+        .await
+        .unwrap();
+    let events = frames(&mut sub, 3).await;
+    assert_eq!(events[0].data, "plain");
+    assert_eq!(events[0].event, None);
+    assert_eq!(events[1].data, "typed");
+    assert_eq!(events[1].event.as_deref(), Some("created"));
+    assert_eq!(events[2].data, "after");
+    let m = s.hub.metrics();
+    assert_eq!(m.dropped_invalid_utf8.get(), 1);
+    assert_eq!(m.upstream_messages.get(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscription_per_topic_dropped_after_linger() {
+    let s = setup(Duration::from_millis(200)).await;
+    let a1 = subscribe(&s.hub, "a").await;
+    let a2 = subscribe(&s.hub, "a").await;
+    let b = subscribe(&s.hub, "b").await;
+    let mut subjects = s.nats.subscriptions().await.unwrap();
+    subjects.sort();
+    assert_eq!(subjects, ["sse.a", "sse.b"]);
+    drop((a1, a2, b));
+    let hub = s.hub.clone();
+    let sweeper = tokio::spawn(hub.run_linger_sweeper());
+    eventually(WAIT, "subscriptions dropped after linger", || async {
+        let subs = s.nats.subscriptions().await?;
+        subs.is_empty()
+            .then_some(())
+            .ok_or_else(|| anyhow::anyhow!("still subscribed: {subs:?}"))
+    })
+    .await
+    .unwrap();
+    sweeper.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_is_announced_and_streaming_resumes() {
+    let mut s = setup(Duration::from_secs(30)).await;
+    let mut sub = subscribe(&s.hub, "t").await;
+    let client = s.nats.client().await.unwrap();
+    publish(&client, "sse.t", "before", None).await.unwrap();
+    frames(&mut sub, 1).await;
+    s.nats.kill();
+    let (hub, gauge) = (s.hub.clone(), s.gauge.clone());
+    eventually(WAIT, "disconnect noticed", || {
+        let hub = hub.clone();
+        async move {
+            (!hub.is_connected())
+                .then_some(())
+                .ok_or_else(|| anyhow::anyhow!("still connected"))
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(gauge.get(), 0);
+    s.nats.restart().await.unwrap();
+    eventually(WAIT, "reconnected", || {
+        let hub = hub.clone();
+        async move {
+            hub.is_connected()
+                .then_some(())
+                .ok_or_else(|| anyhow::anyhow!("not yet"))
+        }
+    })
+    .await
+    .unwrap();
+    let client = s.nats.client().await.unwrap();
+    // The client re-subscribes by itself; publish until a message gets through.
+    let mut out = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let all = loop {
+        publish(&client, "sse.t", "after", None).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        sub.drain_into(&mut out, 1024, 1 << 20);
+        let events = sse_framing_events::decode(&out);
+        if events.iter().any(|e| e.data == "after") {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no event after restart: {events:?}"
+        );
+    };
+    let kinds: Vec<String> = all
+        .iter()
+        .map(|e| e.event.clone().unwrap_or_else(|| e.data.clone()))
+        .collect();
+    assert_eq!(kinds[0], "gateway.reset", "{kinds:?}");
+    assert_eq!(all[0].data, r#"{"reason":"upstream_gap"}"#);
+    assert_eq!(kinds[1], "after", "{kinds:?}");
+}
