@@ -10,4 +10,5 @@
 
 mod nats;
 
-pub use nats::{BusError, NatsBus, NatsBusConfig, subject_for};
+pub use async_nats::ServerAddr;
+pub use nats::{BusError, EVENT_HEADER, NatsBus, NatsBusConfig, subject_for};

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use async_nats::{Client, ConnectOptions, Event, Message, ServerAddr, Subscriber};
 use futures::StreamExt;
+use futures::stream::{AbortHandle, AbortRegistration, Abortable, BoxStream, SelectAll};
 use prometheus::IntGauge;
 use sse_hub::{Hub, Incoming, Ingested, TopicName};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// The NATS header that sets a frame's `event:` field.
@@ -81,18 +82,37 @@ pub fn subject_for(prefix: &str, topic: &TopicName) -> String {
 }
 
 /// Feeds a [`Hub`] from NATS core subjects.
+///
+/// All subscriptions are read by ONE loop, round robin in wake-up order, so messages of
+/// different topics reach the hub close to the order the server sent them (NATS itself
+/// keeps order per subject; the per-subscription channels of the client lose the order
+/// across subjects, which this loop mostly restores).
 #[derive(Debug)]
 pub struct NatsBus {
     config: NatsBusConfig,
     hub: Hub,
 }
 
-/// One topic's subscription task.
-struct TopicTask {
-    task: JoinHandle<()>,
+/// What the read loop knows of one topic's subscription.
+struct TopicState {
+    /// Tells this subscription's generation from a newer one of the same topic.
+    generation: u64,
+    /// Ends the subscription's stream (dropping it sends UNSUB).
+    abort: AbortHandle,
     /// The server has confirmed the subscription.
     confirmed: Arc<AtomicBool>,
 }
+
+/// A confirmed subscription on its way into the read loop.
+struct NewSubscription {
+    topic: TopicName,
+    generation: u64,
+    subscriber: Subscriber,
+    abort: AbortRegistration,
+}
+
+/// One item of the merged subscriptions: a message, or the end of a subscription.
+type Tagged = (TopicName, u64, Option<Message>);
 
 impl NatsBus {
     /// An adapter for `hub`; nothing happens until [`NatsBus::run`].
@@ -104,9 +124,17 @@ impl NatsBus {
     /// topic the hub wants until `shutdown` resolves; then drains the connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         let client = self.connect().await?;
-        let mut topics: HashMap<TopicName, TopicTask> = HashMap::new();
+        let mut state = ReadLoop {
+            bus: &self,
+            client: &client,
+            topics: HashMap::new(),
+            next_generation: 0,
+            streams: SelectAll::new(),
+            // Bounded: a subscription in flight per topic at most.
+            new_subs: mpsc::channel(1024),
+        };
         for topic in self.hub.wanted_topics() {
-            self.reconcile(&client, &mut topics, topic);
+            state.reconcile(topic);
         }
         tokio::pin!(shutdown);
         loop {
@@ -114,20 +142,27 @@ impl NatsBus {
                 () = &mut shutdown => break,
                 () = self.hub.demand_changed() => {
                     for topic in self.hub.take_demand_changes() {
-                        self.reconcile(&client, &mut topics, topic);
+                        state.reconcile(topic);
+                    }
+                }
+                Some(new) = state.new_subs.1.recv() => state.add(new),
+                Some((topic, generation, message)) = state.streams.next(), if !state.streams.is_empty() => {
+                    match message {
+                        Some(message) => ingest(&self.hub, &topic, message),
+                        None => state.ended(&topic, generation),
                     }
                 }
             }
         }
-        for (_, t) in topics.drain() {
-            t.task.abort();
+        for (_, t) in state.topics.drain() {
+            t.abort.abort();
         }
+        drop(state);
         if let Err(e) = tokio::time::timeout(Duration::from_secs(1), client.drain()).await {
             tracing::debug!(error = %e, "NATS drain did not finish");
         }
         Ok(())
     }
-
     async fn connect(&self) -> Result<Client, BusError> {
         let hub = self.hub.clone();
         let gauge = self.config.connected_gauge.clone();
@@ -148,44 +183,110 @@ impl NatsBus {
         tracing::info!(servers = ?self.config.servers, "connecting to NATS");
         Ok(options.connect(self.config.servers.clone()).await?)
     }
+}
 
+struct ReadLoop<'a> {
+    bus: &'a NatsBus,
+    client: &'a Client,
+    topics: HashMap<TopicName, TopicState>,
+    next_generation: u64,
+    streams: SelectAll<BoxStream<'static, Tagged>>,
+    new_subs: (
+        mpsc::Sender<NewSubscription>,
+        mpsc::Receiver<NewSubscription>,
+    ),
+}
+
+impl ReadLoop<'_> {
     /// Brings `topic`'s subscription in line with what the hub wants now.
-    fn reconcile(
-        &self,
-        client: &Client,
-        topics: &mut HashMap<TopicName, TopicTask>,
-        topic: TopicName,
-    ) {
-        let wanted = self.hub.wants(&topic);
-        match (wanted, topics.get(&topic)) {
-            (true, Some(t)) if !t.task.is_finished() => {
+    fn reconcile(&mut self, topic: TopicName) {
+        let hub = &self.bus.hub;
+        match (hub.wants(&topic), self.topics.get(&topic)) {
+            (true, Some(t)) => {
                 // The hub dropped and re-created the topic while its subscription stayed.
                 if t.confirmed.load(Ordering::Acquire) {
-                    self.hub.upstream_ready(&topic);
+                    hub.upstream_ready(&topic);
                 }
             }
-            (true, _) => {
+            (true, None) => {
+                self.next_generation += 1;
+                let generation = self.next_generation;
+                let (abort, registration) = AbortHandle::new_pair();
                 let confirmed = Arc::new(AtomicBool::new(false));
-                let subject = subject_for(&self.config.subject_prefix, &topic);
-                let task = tokio::spawn(run_topic(
-                    client.clone(),
-                    self.hub.clone(),
-                    topic.clone(),
-                    subject,
+                tokio::spawn(subscribe(
+                    self.client.clone(),
+                    hub.clone(),
+                    subject_for(&self.bus.config.subject_prefix, &topic),
                     confirmed.clone(),
+                    self.new_subs.0.clone(),
+                    NewTopic {
+                        topic: topic.clone(),
+                        generation,
+                        registration,
+                    },
                 ));
-                topics.insert(topic, TopicTask { task, confirmed });
+                self.topics.insert(
+                    topic,
+                    TopicState {
+                        generation,
+                        abort,
+                        confirmed,
+                    },
+                );
             }
             (false, Some(_)) => {
-                if let Some(t) = topics.remove(&topic) {
+                if let Some(t) = self.topics.remove(&topic) {
                     tracing::debug!(%topic, "unsubscribing");
-                    // Dropping the subscriber sends UNSUB.
-                    t.task.abort();
+                    t.abort.abort();
                 }
             }
             (false, None) => {}
         }
     }
+
+    /// Starts reading a confirmed subscription (unless it was given up meanwhile).
+    fn add(&mut self, new: NewSubscription) {
+        let NewSubscription {
+            topic,
+            generation,
+            subscriber,
+            abort,
+        } = new;
+        let current = self
+            .topics
+            .get(&topic)
+            .is_some_and(|t| t.generation == generation);
+        if !current {
+            return; // dropping the subscriber unsubscribes
+        }
+        let end_topic = topic.clone();
+        let messages = Abortable::new(subscriber, abort)
+            .map(move |m| (topic.clone(), generation, Some(m)))
+            .chain(futures::stream::once(async move {
+                (end_topic, generation, None)
+            }));
+        self.streams.push(messages.boxed());
+    }
+
+    /// A subscription's stream ended (unsubscribed, or the client closed).
+    fn ended(&mut self, topic: &TopicName, generation: u64) {
+        if self
+            .topics
+            .get(topic)
+            .is_some_and(|t| t.generation == generation)
+        {
+            self.topics.remove(topic);
+            tracing::warn!(%topic, "subscription ended by the client; re-subscribing");
+            self.reconcile(topic.clone());
+        }
+    }
+}
+
+/// Where a new subscription belongs.
+struct NewTopic {
+    topic: TopicName,
+    generation: u64,
+    registration: AbortRegistration,
 }
 
 fn on_event(hub: &Hub, gauge: &IntGauge, event: Event) {
@@ -211,15 +312,21 @@ fn on_event(hub: &Hub, gauge: &IntGauge, event: Event) {
     }
 }
 
-/// Subscribes `subject`, confirms it with the server, then ingests until aborted.
-async fn run_topic(
+/// Subscribes `subject`, confirms it with the server and hands it to the read loop.
+async fn subscribe(
     client: Client,
     hub: Hub,
-    topic: TopicName,
     subject: String,
     confirmed: Arc<AtomicBool>,
+    read_loop: mpsc::Sender<NewSubscription>,
+    new: NewTopic,
 ) {
-    let mut subscriber = match client.subscribe(subject.clone()).await {
+    let NewTopic {
+        topic,
+        generation,
+        registration,
+    } = new;
+    let subscriber = match client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(%topic, %subject, error = %e, "cannot subscribe");
@@ -229,34 +336,41 @@ async fn run_topic(
     tracing::debug!(%topic, %subject, "subscribed");
     // A PING round trip: once answered, the server has processed the SUB and every
     // message published from now on reaches us. While disconnected this waits for the
-    // reconnect, which re-sends the SUB first.
+    // reconnect, which re-sends the SUB first. Messages arriving meanwhile wait in the
+    // subscriber's channel.
     match tokio::time::timeout(CONFIRM_TIMEOUT, client.flush()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(%topic, error = %e, "subscription not confirmed"),
         Err(_) => tracing::debug!(%topic, "subscription not confirmed in time"),
     }
-    confirmed.store(true, Ordering::Release);
-    hub.upstream_ready(&topic);
-    while let Some(message) = subscriber.next().await {
-        let event_type = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(EVENT_HEADER))
-            .map(|v| v.as_str().to_owned());
-        let outcome = hub.ingest(
-            &topic,
-            Incoming {
-                payload: message.payload,
-                event_type,
-                received: Instant::now(),
-            },
-        );
-        match outcome {
-            Ingested::Stored(_) | Ingested::NoSuchTopic => {}
-            Ingested::InvalidUtf8 => {
-                tracing::debug!(%topic, "dropped a message: payload is not UTF-8");
-            }
-            other => tracing::debug!(%topic, ?other, "dropped a message"),
-        }
+    let new = NewSubscription {
+        topic: topic.clone(),
+        generation,
+        subscriber,
+        abort: registration,
+    };
+    if read_loop.send(new).await.is_ok() {
+        confirmed.store(true, Ordering::Release);
+        hub.upstream_ready(&topic);
+    }
+}
+
+fn ingest(hub: &Hub, topic: &TopicName, message: Message) {
+    let event_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(EVENT_HEADER))
+        .map(|v| v.as_str().to_owned());
+    let outcome = hub.ingest(
+        topic,
+        Incoming {
+            payload: message.payload,
+            event_type,
+            received: Instant::now(),
+        },
+    );
+    match outcome {
+        Ingested::Stored(_) | Ingested::NoSuchTopic => {}
+        other => tracing::debug!(%topic, ?other, "dropped a message"),
     }
 }

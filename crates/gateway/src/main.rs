@@ -1,1 +1,159 @@
-fn main() {}
+//! `sse-gateway`: fans NATS messages out to Server-Sent Events clients.
+//!
+//! ```text
+//! sse-gateway --config gateway.toml         run
+//! sse-gateway --check-config gateway.toml   validate and exit
+//! ```
+//!
+//! Wiring: one Pingora server with three services: the public listener ([`proxy`],
+//! streams handed to [`sse`]), the admin listener ([`admin`]) and a background service
+//! running the NATS adapter ([`upstream`]). Shutdown is ours ([`shutdown`]).
+
+mod admin;
+mod config;
+mod http_error;
+mod metrics;
+mod preflight;
+mod proxy;
+mod request;
+mod shutdown;
+mod sse;
+mod state;
+mod upstream;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use pingora::prelude::background_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server};
+use pingora::services::listening::Service;
+use sse_hub::{Epoch, Hub, HubConfig};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::state::Gateway;
+
+/// Exit status for configuration errors.
+const EXIT_CONFIG: u8 = 2;
+/// Exit status for start-up failures (port in use, …).
+const EXIT_STARTUP: u8 = 1;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sse-gateway",
+    version,
+    about = "Fans NATS messages out to Server-Sent Events clients."
+)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "check_config"])))]
+struct Cli {
+    /// Run with this configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate this configuration file and exit (0 when valid).
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    if let Some(path) = cli.check_config {
+        return match Config::load(&path) {
+            Ok(_) => {
+                println!("{}: configuration is valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("sse-gateway: invalid configuration: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
+    let Some(path) = cli.config else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sse-gateway: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sse-gateway: {e:#}");
+            ExitCode::from(EXIT_STARTUP)
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    preflight::raise_open_file_limit();
+    preflight::check_bindable("server.listen", config.server.listen)?;
+    preflight::check_bindable("admin.listen", config.admin_listen)?;
+
+    let metrics = Metrics::new().context("registering metrics")?;
+    let hub = Hub::new(
+        HubConfig {
+            replay_window: config.sse.replay_window,
+            client_buffer: config.sse.client_buffer,
+            topic_linger: config.sse.topic_linger,
+        },
+        Epoch::generate(),
+        metrics.hub.clone(),
+    );
+    tracing::info!(epoch = %hub.epoch(), "event ids of this run carry this epoch");
+    let gateway = Gateway::new(config, hub, metrics);
+    let server_conf = &gateway.config.server;
+
+    let conf = ServerConf {
+        threads: server_conf.threads,
+        // Draining is done before Pingora hears of the signal (see shutdown.rs).
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut public = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy::EdgeProxy::new(gateway.clone()),
+        "public",
+    );
+    public.add_tcp(&server_conf.listen.to_string());
+    let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
+    admin.add_tcp(&gateway.config.admin_listen.to_string());
+    admin.threads = Some(1);
+    let upstream = background_service("upstream", upstream::UpstreamService::new(gateway.clone()));
+
+    server.add_service(public);
+    server.add_service(admin);
+    server.add_service(upstream);
+    tracing::info!(
+        listen = %server_conf.listen,
+        admin = %gateway.config.admin_listen,
+        "sse-gateway starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(shutdown::DrainOnSignal::new(Arc::clone(&gateway))),
+    });
+    tracing::info!("stopped");
+    Ok(())
+}

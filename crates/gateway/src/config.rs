@@ -1,0 +1,575 @@
+//! `gateway.toml`: read in two steps.
+//!
+//! [`RawConfig`] mirrors the file (serde, unknown keys rejected, durations as strings
+//! with a unit); [`Config::from_raw`] validates it into typed settings and names the key
+//! of every problem. Tests build a [`RawConfig`] in code or from a string.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use sse_bus::{NatsBusConfig, ServerAddr};
+use sse_hub::TopicName;
+
+/// A configuration problem, naming the file or key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type, bad duration).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The path given.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or malformed.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `sse.client_buffer`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+// ----- the file --------------------------------------------------------------------
+
+/// `gateway.toml` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// `[server]`
+    pub server: RawServer,
+    /// `[admin]`
+    pub admin: RawAdmin,
+    /// `[nats]`
+    pub nats: RawNats,
+    /// `[sse]`
+    pub sse: RawSse,
+    /// `[limits]`
+    pub limits: RawLimits,
+    /// `[jetstream]`
+    pub jetstream: RawJetStream,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    /// Public listener.
+    pub listen: String,
+    /// Worker threads of the public listener.
+    pub threads: usize,
+    /// SIGTERM: streams are ended within this.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            threads: 2,
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub listen: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// `[nats]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNats {
+    /// One server URL or a comma-separated list.
+    pub url: String,
+    /// Topic `t` is subject `<subject_prefix>.t`.
+    pub subject_prefix: String,
+}
+
+impl Default for RawNats {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            subject_prefix: "sse".into(),
+        }
+    }
+}
+
+/// `[sse]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSse {
+    /// Comment after this much silence.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Reconnection delay announced to clients.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    /// Events kept per topic in memory for resume.
+    pub replay_window: usize,
+    /// Frames a client may fall behind before the slow-consumer policy cuts it.
+    pub client_buffer: usize,
+    /// A client whose socket accepts nothing this long is cut.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Topics on one stream.
+    pub max_topics_per_connection: usize,
+    /// Upstream subscription kept this long after a topic's last client left.
+    #[serde(with = "humantime_serde")]
+    pub topic_linger: Duration,
+    /// Accept `*` and `>` in topics.
+    pub allow_wildcards: bool,
+}
+
+impl Default for RawSse {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(15),
+            retry: Duration::from_secs(3),
+            replay_window: 1024,
+            client_buffer: 256,
+            write_timeout: Duration::from_secs(10),
+            max_topics_per_connection: 16,
+            topic_linger: Duration::from_secs(30),
+            allow_wildcards: false,
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    /// Streams open at once.
+    pub max_connections: u64,
+    /// Streams open at once per client address.
+    pub max_connections_per_ip: u64,
+    /// Streams per topic.
+    pub max_subscribers_per_topic: u64,
+    /// Token bucket refill, tokens per second per client address.
+    pub connect_rate_per_ip: u32,
+    /// Token bucket size.
+    pub connect_burst_per_ip: u32,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_connections_per_ip: 256,
+            max_subscribers_per_topic: 100_000,
+            connect_rate_per_ip: 50,
+            connect_burst_per_ip: 100,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[jetstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawJetStream {
+    /// Back every topic with a JetStream stream.
+    pub enabled: bool,
+    /// Stream name.
+    pub stream: String,
+    /// Create the stream when it is missing.
+    pub create: bool,
+}
+
+impl Default for RawJetStream {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            stream: "SSE".into(),
+            create: true,
+        }
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+}
+
+// ----- validated settings ----------------------------------------------------------
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerSettings,
+    /// `admin.listen`
+    pub admin_listen: SocketAddr,
+    /// `[nats]`
+    pub nats: NatsSettings,
+    /// `[sse]`
+    pub sse: SseSettings,
+    /// `[limits]`
+    #[allow(
+        dead_code,
+        reason = "admission control enforces these; it is not wired in yet"
+    )]
+    pub limits: LimitSettings,
+}
+
+/// `[server]`, validated.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Worker threads.
+    pub threads: usize,
+    /// Drain deadline on SIGTERM.
+    pub grace_period: Duration,
+}
+
+/// `[nats]`, validated.
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// Servers, in the order given.
+    pub servers: Vec<ServerAddr>,
+    /// Subject prefix.
+    pub subject_prefix: String,
+}
+
+/// `[sse]`, validated.
+#[derive(Debug, Clone)]
+pub struct SseSettings {
+    /// Heartbeat period.
+    pub heartbeat: Duration,
+    /// Reconnection delay.
+    pub retry: Duration,
+    /// Frames kept per topic for resume.
+    pub replay_window: usize,
+    /// Slow-consumer threshold in frames.
+    pub client_buffer: usize,
+    /// Write timeout.
+    pub write_timeout: Duration,
+    /// Topics per stream.
+    pub max_topics_per_connection: usize,
+    /// Linger of idle topics.
+    pub topic_linger: Duration,
+    /// Wildcards accepted.
+    pub allow_wildcards: bool,
+}
+
+/// `[limits]`, validated.
+#[derive(Debug, Clone)]
+#[allow(
+    dead_code,
+    reason = "admission control enforces these; it is not wired in yet"
+)]
+pub struct LimitSettings {
+    /// Global stream cap.
+    pub max_connections: u64,
+    /// Per-address stream cap.
+    pub max_connections_per_ip: u64,
+    /// Per-topic stream cap.
+    pub max_subscribers_per_topic: u64,
+    /// Token refill per second.
+    pub connect_rate_per_ip: u32,
+    /// Bucket size.
+    pub connect_burst_per_ip: u32,
+    /// Trusted proxy networks.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// Largest `replay_window` / `client_buffer` accepted (frames per topic / per client).
+const MAX_FRAMES: usize = 1_000_000;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_raw(RawConfig::parse(&text, &shown)?)
+    }
+
+    /// Validates what the file said.
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let RawConfig {
+            server,
+            admin,
+            nats,
+            sse,
+            limits,
+            jetstream,
+        } = raw;
+        if jetstream.enabled {
+            return Err(invalid(
+                "jetstream.enabled",
+                "JetStream-backed topics are not available in this build; set it to false",
+            ));
+        }
+        if jetstream.stream.is_empty() {
+            return Err(invalid("jetstream.stream", "must not be empty"));
+        }
+        let server = ServerSettings {
+            listen: socket_addr("server.listen", &server.listen)?,
+            threads: in_range("server.threads", server.threads, 1, 1024)?,
+            grace_period: server.grace_period,
+        };
+        let admin_listen = socket_addr("admin.listen", &admin.listen)?;
+        if admin_listen == server.listen {
+            return Err(invalid(
+                "admin.listen",
+                format!("must differ from server.listen ({})", server.listen),
+            ));
+        }
+        let servers = NatsBusConfig::parse_servers(&nats.url)
+            .map_err(|e| invalid("nats.url", e.to_string()))?;
+        TopicName::parse(&nats.subject_prefix, false).map_err(|e| {
+            invalid(
+                "nats.subject_prefix",
+                format!("{:?} is not a subject prefix: {e}", nats.subject_prefix),
+            )
+        })?;
+        let sse = SseSettings {
+            heartbeat: positive("sse.heartbeat", sse.heartbeat)?,
+            retry: sse.retry,
+            replay_window: in_range("sse.replay_window", sse.replay_window, 0, MAX_FRAMES)?,
+            client_buffer: in_range("sse.client_buffer", sse.client_buffer, 1, MAX_FRAMES)?,
+            write_timeout: positive("sse.write_timeout", sse.write_timeout)?,
+            max_topics_per_connection: in_range(
+                "sse.max_topics_per_connection",
+                sse.max_topics_per_connection,
+                1,
+                1024,
+            )?,
+            topic_linger: sse.topic_linger,
+            allow_wildcards: sse.allow_wildcards,
+        };
+        if u64::try_from(sse.retry.as_millis()).is_err() {
+            return Err(invalid("sse.retry", "is too long"));
+        }
+        let trusted_proxies = limits
+            .trusted_proxies
+            .iter()
+            .map(|s| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            "limits.trusted_proxies",
+                            format!("{s:?} is not an IP network (e.g. 10.0.0.0/8) or address"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let limits = LimitSettings {
+            max_connections: in_range(
+                "limits.max_connections",
+                limits.max_connections,
+                1,
+                u64::MAX,
+            )?,
+            max_connections_per_ip: in_range(
+                "limits.max_connections_per_ip",
+                limits.max_connections_per_ip,
+                1,
+                u64::MAX,
+            )?,
+            max_subscribers_per_topic: in_range(
+                "limits.max_subscribers_per_topic",
+                limits.max_subscribers_per_topic,
+                1,
+                u64::MAX,
+            )?,
+            connect_rate_per_ip: in_range(
+                "limits.connect_rate_per_ip",
+                limits.connect_rate_per_ip,
+                1,
+                u32::MAX,
+            )?,
+            connect_burst_per_ip: in_range(
+                "limits.connect_burst_per_ip",
+                limits.connect_burst_per_ip,
+                1,
+                u32::MAX,
+            )?,
+            trusted_proxies,
+        };
+        Ok(Self {
+            server,
+            admin_listen,
+            nats: NatsSettings {
+                servers,
+                subject_prefix: nats.subject_prefix,
+            },
+            sse,
+            limits,
+        })
+    }
+}
+
+fn socket_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address with a port, e.g. \"0.0.0.0:8080\""),
+        )
+    })
+}
+
+fn positive(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        Err(invalid(key, "must be longer than 0"))
+    } else {
+        Ok(d)
+    }
+}
+
+fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        Err(invalid(
+            key,
+            format!("{value} is out of range {min}..={max}"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, String> {
+        RawConfig::parse(text, "test.toml")
+            .and_then(Config::from_raw)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_spec_defaults() {
+        let c = check("").unwrap();
+        assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.server.threads, 2);
+        assert_eq!(c.server.grace_period, Duration::from_secs(10));
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.nats.subject_prefix, "sse");
+        assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.sse.retry, Duration::from_secs(3));
+        assert_eq!(c.sse.replay_window, 1024);
+        assert_eq!(c.sse.client_buffer, 256);
+        assert_eq!(c.sse.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.sse.max_topics_per_connection, 16);
+        assert_eq!(c.sse.topic_linger, Duration::from_secs(30));
+        assert!(!c.sse.allow_wildcards);
+        assert_eq!(c.limits.max_connections, 100_000);
+        assert_eq!(c.limits.connect_burst_per_ip, 100);
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../../gateway.toml");
+        check(text).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = check("[sse]\nheartbeats = \"1s\"\n").unwrap_err();
+        assert!(e.contains("heartbeats"), "{e}");
+        let e = check("[nope]\n").unwrap_err();
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn durations_need_a_unit_in_a_string() {
+        let e = check("[sse]\nretry = 15\n").unwrap_err();
+        assert!(e.contains("retry"), "{e}");
+        let e = check("[sse]\nretry = \"15\"\n").unwrap_err();
+        assert!(e.contains("retry"), "{e}");
+        let c = check("[sse]\nretry = \"250ms\"\nheartbeat = \"1m\"\n").unwrap();
+        assert_eq!(c.sse.retry, Duration::from_millis(250));
+        assert_eq!(c.sse.heartbeat, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"nope\"\n", "server.listen"),
+            ("[server]\nthreads = 0\n", "server.threads"),
+            ("[admin]\nlisten = \"0.0.0.0:8080\"\n", "admin.listen"),
+            ("[nats]\nurl = \"\"\n", "nats.url"),
+            ("[nats]\nsubject_prefix = \"a..b\"\n", "nats.subject_prefix"),
+            ("[sse]\nclient_buffer = 0\n", "sse.client_buffer"),
+            ("[sse]\nheartbeat = \"0s\"\n", "sse.heartbeat"),
+            (
+                "[sse]\nmax_topics_per_connection = 0\n",
+                "sse.max_topics_per_connection",
+            ),
+            (
+                "[limits]\ntrusted_proxies = [\"x\"]\n",
+                "limits.trusted_proxies",
+            ),
+            ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[jetstream]\nenabled = true\n", "jetstream.enabled"),
+        ] {
+            let e = check(text).unwrap_err();
+            assert!(e.starts_with(key), "{text:?} gave {e:?}");
+        }
+    }
+
+    #[test]
+    fn nats_url_takes_a_list() {
+        let c = check("[nats]\nurl = \"nats://127.0.0.1:4222, nats://127.0.0.1:4223\"\n").unwrap();
+        assert_eq!(c.nats.servers.len(), 2);
+    }
+
+    #[test]
+    fn trusted_proxies_take_networks_and_addresses() {
+        let c = check("[limits]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1\"]\n")
+            .unwrap();
+        assert_eq!(c.limits.trusted_proxies.len(), 3);
+    }
+}

@@ -1,0 +1,105 @@
+//! What every part of the running gateway shares.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sse_hub::{Hub, WriterConfig};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// The running gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Validated configuration.
+    pub config: Config,
+    /// The hub.
+    pub hub: Hub,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Settings of every stream writer.
+    pub writer: WriterConfig,
+    draining: AtomicBool,
+    /// Notified when the last stream ends.
+    streams_gone: Notify,
+}
+
+impl Gateway {
+    /// Shared state for `config`, `hub` and `metrics`.
+    pub fn new(config: Config, hub: Hub, metrics: Metrics) -> Arc<Self> {
+        let writer = WriterConfig {
+            heartbeat: config.sse.heartbeat,
+            retry: config.sse.retry,
+            write_timeout: config.sse.write_timeout,
+            client_buffer: config.sse.client_buffer,
+            max_write_bytes: 256 * 1024,
+        };
+        Arc::new(Self {
+            config,
+            hub,
+            metrics,
+            writer,
+            draining: AtomicBool::new(false),
+            streams_gone: Notify::new(),
+        })
+    }
+
+    /// Whether SIGTERM was received.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops admitting streams and asks every open one to end.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.hub.close();
+    }
+
+    /// Ready: connected upstream and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.hub.is_connected() && !self.is_draining()
+    }
+
+    /// Open streams.
+    pub fn open_streams(&self) -> i64 {
+        self.metrics.connections_active.get()
+    }
+
+    /// Resolves once no stream is open.
+    pub async fn all_streams_closed(&self) {
+        loop {
+            let gone = self.streams_gone.notified();
+            let mut gone = std::pin::pin!(gone);
+            // Registered before the check, so a release in between is not missed.
+            gone.as_mut().enable();
+            if self.open_streams() <= 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+
+    /// Counts an open stream until the guard is dropped.
+    pub fn open_stream(self: &Arc<Self>) -> StreamGuard {
+        self.metrics.connections_active.inc();
+        StreamGuard {
+            gateway: self.clone(),
+        }
+    }
+}
+
+/// One open stream in `sse_connections_active`; released on every exit path.
+#[derive(Debug)]
+pub struct StreamGuard {
+    gateway: Arc<Gateway>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.gateway.metrics.connections_active.dec();
+        if self.gateway.open_streams() <= 0 {
+            self.gateway.streams_gone.notify_waiters();
+        }
+    }
+}

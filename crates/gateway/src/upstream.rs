@@ -1,0 +1,56 @@
+//! The background service that runs the NATS adapter and the linger sweeper, on a
+//! runtime of its own.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use sse_bus::{NatsBus, NatsBusConfig};
+
+use crate::state::Gateway;
+
+/// Runs the bus until shutdown.
+#[derive(Debug)]
+pub struct UpstreamService {
+    gateway: Arc<Gateway>,
+    /// Taken by `start`, which Pingora calls once.
+    bus: Mutex<Option<NatsBus>>,
+}
+
+impl UpstreamService {
+    /// The service for `gateway`.
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        let nats = &gateway.config.nats;
+        let bus = NatsBus::new(
+            NatsBusConfig {
+                servers: nats.servers.clone(),
+                subject_prefix: nats.subject_prefix.clone(),
+                client_name: format!("sse-gateway {}", gateway.hub.epoch()),
+                connected_gauge: gateway.metrics.nats_connected.clone(),
+            },
+            gateway.hub.clone(),
+        );
+        Self {
+            bus: Mutex::new(Some(bus)),
+            gateway,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for UpstreamService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(bus) = self.bus.lock().ok().and_then(|mut b| b.take()) else {
+            return;
+        };
+        let sweeper = tokio::spawn(self.gateway.hub.clone().run_linger_sweeper());
+        let stopped = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = bus.run(stopped).await {
+            tracing::error!(error = %e, "the NATS adapter stopped");
+        }
+        sweeper.abort();
+    }
+}

@@ -1,0 +1,72 @@
+//! Shared helpers for the black-box tests.
+
+use std::time::Duration;
+
+pub use sse_testkit::{
+    Event, Gateway, GatewayBuilder, Item, NatsServer, SseStream, eventually, publish,
+};
+
+/// Generous bound for anything a test waits for (the machine may be loaded).
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The gateway binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sse-gateway")
+}
+
+/// A builder for a gateway on `nats`.
+pub fn gateway(nats: &NatsServer) -> GatewayBuilder {
+    Gateway::builder(bin()).nats_url(&nats.url())
+}
+
+/// A running gateway on a running NATS, ready.
+pub async fn ready(
+    nats: &NatsServer,
+    configure: impl FnOnce(GatewayBuilder) -> GatewayBuilder,
+) -> Gateway {
+    let gw = configure(gateway(nats)).spawn().await.unwrap();
+    gw.wait_ready(WAIT).await.unwrap();
+    gw
+}
+
+/// Opens a stream and checks it was accepted.
+pub async fn open(gw: &Gateway, path: &str) -> SseStream {
+    let stream = SseStream::open(gw.addr(), path, &[]).await.unwrap();
+    assert_eq!(stream.status(), 200, "{path}: {}", gw.log());
+    stream
+}
+
+/// Opens a stream with a `Last-Event-ID` header.
+pub async fn open_from(gw: &Gateway, path: &str, last_event_id: &str) -> SseStream {
+    let stream = SseStream::open(gw.addr(), path, &[("Last-Event-ID", last_event_id)])
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    stream
+}
+
+/// The value of one metric series, 0 when absent.
+pub async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    gw.metrics().await.unwrap().get(name, labels).unwrap_or(0.0)
+}
+
+/// Waits until a metric reaches `want`.
+pub async fn wait_metric(gw: &Gateway, name: &str, labels: &[(&str, &str)], want: f64) {
+    let what = format!("{name}{labels:?} == {want}");
+    eventually(WAIT, &what, || async {
+        let got = gw.metrics().await?.get(name, labels).unwrap_or(0.0);
+        anyhow::ensure!(got == want, "{name} is {got}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
+
+/// `gateway.reset` reason of an event, if it is one.
+pub fn reset_reason(e: &Event) -> Option<String> {
+    if e.event.as_deref() != Some("gateway.reset") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(&e.data).ok()?;
+    v["reason"].as_str().map(str::to_owned)
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: a real nats-server on free ports and the real `sse-gateway` binary,
+//! spoken to over real sockets. Each test owns its processes; nothing is shared.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+mod config;
+mod fanout;
+mod faults;
+mod lifecycle;
+mod resume;
+mod slow;
+mod subscribe;
