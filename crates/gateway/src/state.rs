@@ -33,6 +33,7 @@ impl Gateway {
             retry: config.sse.retry,
             write_timeout: config.sse.write_timeout,
             client_buffer: config.sse.client_buffer,
+            max_write_frames: config.sse.client_buffer,
             max_write_bytes: 256 * 1024,
         };
         Arc::new(Self {

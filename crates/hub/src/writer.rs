@@ -46,6 +46,8 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Frames a client may be behind while its socket is full.
     pub client_buffer: usize,
+    /// Upper bound on one coalesced write, in frames (at most `client_buffer` is used).
+    pub max_write_frames: usize,
     /// Upper bound on one coalesced write, in bytes (at least one frame is written).
     pub max_write_bytes: usize,
 }
@@ -295,7 +297,10 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
         let drained = self.sub.drain_into(
             &mut self.out,
-            self.config.client_buffer.max(1),
+            self.config
+                .max_write_frames
+                .min(self.config.client_buffer)
+                .max(1),
             self.config.max_write_bytes,
         );
         if drained.lost > 0 {

@@ -12,6 +12,7 @@ fn config() -> WriterConfig {
         retry: Duration::from_secs(3),
         write_timeout: Duration::from_secs(10),
         client_buffer: 8,
+        max_write_frames: usize::MAX,
         max_write_bytes: 64 * 1024,
     }
 }

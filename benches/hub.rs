@@ -1,0 +1,162 @@
+//! The hub: ingest, fan-out to many subscribers, replay lookup, and the writer's
+//! coalescing over a real loopback socket.
+//!
+//! `cargo bench -p sse-hub --bench hub`
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use sse_hub::{
+    BodyFraming, Epoch, Hub, HubConfig, HubMetrics, Incoming, TopicName, WriterConfig, serve,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+fn hub(replay_window: usize, client_buffer: usize) -> Hub {
+    Hub::new(
+        HubConfig {
+            replay_window,
+            client_buffer,
+            topic_linger: Duration::from_secs(30),
+        },
+        Epoch::new("bench").unwrap_or_else(|e| panic!("{e}")),
+        HubMetrics::unregistered(),
+    )
+}
+
+fn topic(name: &str) -> TopicName {
+    TopicName::parse(name, false).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn message() -> Incoming {
+    Incoming {
+        payload: Bytes::from_static(br#"{"order":42,"status":"paid"}"#),
+        event_type: None,
+        received: Instant::now(),
+    }
+}
+
+/// One event published to a topic with 10,000 subscribers, each draining it.
+fn fan_out(c: &mut Criterion) {
+    let hub = hub(1024, 256);
+    let t = topic("fan");
+    let mut subs: Vec<_> = (0..10_000)
+        .map(|_| hub.subscribe(std::slice::from_ref(&t), None))
+        .collect();
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    let mut group = c.benchmark_group("fan-out");
+    group.throughput(Throughput::Elements(10_000));
+    group.bench_function("1 event to 10,000 subscribers", |b| {
+        b.iter(|| {
+            hub.ingest(&t, message());
+            for sub in &mut subs {
+                out.clear();
+                black_box(sub.drain_into(&mut out, 256, 256 * 1024));
+            }
+        })
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("ingest");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("validate + encode + push", |b| {
+        b.iter(|| hub.ingest(&t, message()))
+    });
+    group.finish();
+}
+
+/// Placing a resuming stream's cursor in a full ring.
+fn replay_lookup(c: &mut Criterion) {
+    let hub = hub(1024, 256);
+    let t = topic("replay");
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None);
+    for _ in 0..5000 {
+        hub.ingest(&t, message());
+    }
+    c.bench_function("replay lookup (1024-frame ring)", |b| {
+        b.iter(|| {
+            let sub = hub.subscribe(std::slice::from_ref(&t), Some(black_box("bench-4500")));
+            sub.replayed()
+        })
+    });
+}
+
+/// N events already in the ring, written to one client over TCP loopback: coalesced
+/// (up to 256 frames per write) against one write per event.
+fn coalescing(c: &mut Criterion) {
+    const EVENTS: usize = 100_000;
+    let runtime = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("{e}"));
+    let mut group = c.benchmark_group("writer");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.sample_size(10);
+    for (name, batch) in [
+        ("coalesced (256 frames/write)", 256),
+        ("one write per event", 1),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || {
+                    let hub = hub(EVENTS, EVENTS);
+                    let t = topic("w");
+                    let sub = hub.subscribe(std::slice::from_ref(&t), None);
+                    for _ in 0..EVENTS {
+                        hub.ingest(&t, message());
+                    }
+                    (hub, sub)
+                },
+                |(hub, sub)| {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::bind("127.0.0.1:0").await?;
+                        let addr = listener.local_addr()?;
+                        let client = tokio::spawn(async move {
+                            let mut s = TcpStream::connect(addr).await?;
+                            let mut buf = vec![0u8; 256 * 1024];
+                            let mut total = 0usize;
+                            // Frames end in a blank line; count "\n\n" across reads.
+                            let mut frames = 0usize;
+                            let mut last_newline_at = usize::MAX - 1;
+                            while frames < EVENTS + 1 {
+                                let n = s.read(&mut buf).await?;
+                                if n == 0 {
+                                    break;
+                                }
+                                for i in memchr::memchr_iter(b'\n', &buf[..n]) {
+                                    if last_newline_at.wrapping_add(1) == total + i {
+                                        frames += 1;
+                                    }
+                                    last_newline_at = total + i;
+                                }
+                                total += n;
+                            }
+                            std::io::Result::Ok(total)
+                        });
+                        let (server, _) = listener.accept().await?;
+                        let config = WriterConfig {
+                            heartbeat: Duration::from_secs(60),
+                            retry: Duration::from_secs(3),
+                            write_timeout: Duration::from_secs(10),
+                            client_buffer: EVENTS,
+                            max_write_frames: batch,
+                            max_write_bytes: 256 * 1024,
+                        };
+                        let writer = tokio::spawn(async move {
+                            serve(server, sub, Bytes::new(), BodyFraming::Raw, &config).await
+                        });
+                        let read = client.await??;
+                        hub.close();
+                        writer.abort();
+                        std::io::Result::Ok(read)
+                    })
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fan_out, replay_lookup, coalescing);
+criterion_main!(benches);
