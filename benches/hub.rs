@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! The hub: ingest, fan-out to many subscribers, replay lookup, and the writer's
 //! coalescing over a real loopback socket.
 //!
@@ -21,6 +22,7 @@ fn hub(replay_window: usize, client_buffer: usize) -> Hub {
             replay_window,
             client_buffer,
             topic_linger: Duration::from_secs(30),
+            max_subscribers_per_topic: 100_000,
         },
         Epoch::new("bench").unwrap_or_else(|e| panic!("{e}")),
         HubMetrics::unregistered(),
@@ -44,7 +46,7 @@ fn fan_out(c: &mut Criterion) {
     let hub = hub(1024, 256);
     let t = topic("fan");
     let mut subs: Vec<_> = (0..10_000)
-        .map(|_| hub.subscribe(std::slice::from_ref(&t), None))
+        .map(|_| hub.subscribe(std::slice::from_ref(&t), None).unwrap())
         .collect();
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut group = c.benchmark_group("fan-out");
@@ -72,13 +74,15 @@ fn fan_out(c: &mut Criterion) {
 fn replay_lookup(c: &mut Criterion) {
     let hub = hub(1024, 256);
     let t = topic("replay");
-    let _keep = hub.subscribe(std::slice::from_ref(&t), None);
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for _ in 0..5000 {
         hub.ingest(&t, message());
     }
     c.bench_function("replay lookup (1024-frame ring)", |b| {
         b.iter(|| {
-            let sub = hub.subscribe(std::slice::from_ref(&t), Some(black_box("bench-4500")));
+            let sub = hub
+                .subscribe(std::slice::from_ref(&t), Some(black_box("bench-4500")))
+                .unwrap();
             sub.replayed()
         })
     });
@@ -101,7 +105,7 @@ fn coalescing(c: &mut Criterion) {
                 || {
                     let hub = hub(EVENTS, EVENTS);
                     let t = topic("w");
-                    let sub = hub.subscribe(std::slice::from_ref(&t), None);
+                    let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
                     for _ in 0..EVENTS {
                         hub.ingest(&t, message());
                     }

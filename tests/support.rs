@@ -14,9 +14,13 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sse-gateway")
 }
 
-/// A builder for a gateway on `nats`.
+/// A builder for a gateway on `nats`. Token buckets are made roomy: every test connects
+/// from 127.0.0.1 and most are not about rate limiting (those set their own limits).
 pub fn gateway(nats: &NatsServer) -> GatewayBuilder {
-    Gateway::builder(bin()).nats_url(&nats.url())
+    Gateway::builder(bin())
+        .nats_url(&nats.url())
+        .set("limits", "connect_rate_per_ip", "100000")
+        .set("limits", "connect_burst_per_ip", "100000")
 }
 
 /// A running gateway on a running NATS, ready.

@@ -36,6 +36,7 @@ async fn setup(linger: Duration) -> Setup {
             replay_window: 64,
             client_buffer: 64,
             topic_linger: linger,
+            max_subscribers_per_topic: 100_000,
         },
         Epoch::new("bus").unwrap(),
         HubMetrics::unregistered(),
@@ -84,7 +85,7 @@ fn topic(name: &str) -> TopicName {
 }
 
 async fn subscribe(hub: &Hub, name: &str) -> Subscription {
-    let sub = hub.subscribe(&[topic(name)], None);
+    let sub = hub.subscribe(&[topic(name)], None).unwrap();
     assert!(
         hub.wait_upstream(&sub, WAIT).await,
         "subscription confirmed"

@@ -48,11 +48,14 @@ impl ServeHttp for AdminApp {
             return error(&ApiError::method_not_allowed(req.method.as_str(), "GET"));
         }
         match path {
-            "/metrics" => response(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.gateway.metrics.render(),
-            ),
+            "/metrics" => {
+                self.gateway.refresh_gauges();
+                response(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.gateway.metrics.render(),
+                )
+            }
             "/healthz" => response(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 if self.gateway.is_ready() {

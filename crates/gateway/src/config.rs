@@ -80,6 +80,9 @@ pub struct RawServer {
     /// SIGTERM: streams are ended within this.
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// A request head must arrive within this of its first byte (slowloris).
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
 }
 
 impl Default for RawServer {
@@ -88,6 +91,7 @@ impl Default for RawServer {
             listen: "0.0.0.0:8080".into(),
             threads: 2,
             grace_period: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -261,6 +265,8 @@ pub struct ServerSettings {
     pub threads: usize,
     /// Drain deadline on SIGTERM.
     pub grace_period: Duration,
+    /// Deadline for a request head.
+    pub header_timeout: Duration,
 }
 
 /// `[nats]`, validated.
@@ -351,6 +357,7 @@ impl Config {
             listen: socket_addr("server.listen", &server.listen)?,
             threads: in_range("server.threads", server.threads, 1, 1024)?,
             grace_period: server.grace_period,
+            header_timeout: positive("server.header_timeout", server.header_timeout)?,
         };
         let admin_listen = socket_addr("admin.listen", &admin.listen)?;
         if admin_listen == server.listen {

@@ -50,6 +50,54 @@ impl ApiError {
         }
     }
 
+    /// 429: the client's token bucket is empty.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                429,
+                "rate_limited",
+                format!("too many requests from this client; retry in {retry_after_secs} s"),
+            )
+        }
+    }
+
+    /// 503: a connection cap is reached.
+    pub fn over_capacity(message: String, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(503, "over_capacity", message)
+        }
+    }
+
+    /// 408: the request head did not arrive in time.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            408,
+            "request_timeout",
+            "the request head did not arrive in time",
+        )
+    }
+
+    /// 414: the request line is too long.
+    pub fn uri_too_long(max: usize) -> Self {
+        Self::new(
+            414,
+            "uri_too_long",
+            format!("the request line is longer than {max} bytes"),
+        )
+    }
+
+    /// 431: the request head is too large.
+    pub fn headers_too_large(message: String) -> Self {
+        Self::new(431, "headers_too_large", message)
+    }
+
+    /// 400: not an HTTP/1 request.
+    pub fn malformed(message: String) -> Self {
+        Self::new(400, "bad_request", message)
+    }
+
     /// 503: the gateway is shutting down.
     pub fn draining(retry_after_secs: u64) -> Self {
         Self {

@@ -5,12 +5,15 @@
 //! sse-gateway --check-config gateway.toml   validate and exit
 //! ```
 //!
-//! Wiring: one Pingora server with three services: the public listener ([`proxy`],
-//! streams handed to [`sse`]), the admin listener ([`admin`]) and a background service
-//! running the NATS adapter ([`upstream`]). Shutdown is ours ([`shutdown`]).
+//! Wiring: one Pingora server with three services: the public listener ([`front`] reads
+//! each connection's first request, streams go to [`sse`], the rest to Pingora's proxy
+//! in [`proxy`]), the admin listener ([`admin`]) and a background service running the
+//! NATS adapter and housekeeping ([`upstream`]). Shutdown is ours ([`shutdown`]).
 
 mod admin;
+mod admission;
 mod config;
+mod front;
 mod http_error;
 mod metrics;
 mod preflight;
@@ -28,6 +31,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use pingora::prelude::background_service;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -114,6 +118,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             replay_window: config.sse.replay_window,
             client_buffer: config.sse.client_buffer,
             topic_linger: config.sse.topic_linger,
+            max_subscribers_per_topic: usize::try_from(config.limits.max_subscribers_per_topic)
+                .unwrap_or(usize::MAX),
         },
         Epoch::generate(),
         metrics.hub.clone(),
@@ -132,11 +138,13 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut public = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
+    let mut proxy = HttpProxy::new(
         proxy::EdgeProxy::new(gateway.clone()),
-        "public",
+        server.configuration.clone(),
     );
+    proxy.handle_init_modules();
+    let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy));
+    let mut public = Service::new("public".to_owned(), front);
     public.add_tcp(&server_conf.listen.to_string());
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
     admin.add_tcp(&gateway.config.admin_listen.to_string());
@@ -154,6 +162,11 @@ fn run(config: Config) -> anyhow::Result<()> {
     server.run(RunArgs {
         shutdown_signal: Box::new(shutdown::DrainOnSignal::new(Arc::clone(&gateway))),
     });
-    tracing::info!("stopped");
+    tracing::info!(
+        open_streams = gateway.open_streams(),
+        clients_with_streams = gateway.caps.tracked_ips(),
+        stream_slots = gateway.caps.open(),
+        "stopped"
+    );
     Ok(())
 }

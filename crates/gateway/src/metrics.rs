@@ -22,6 +22,58 @@ pub const OUTCOMES: [&str; 5] = [
 /// `sse_events_dropped_total{reason}` values.
 pub const DROP_REASONS: [&str; 3] = ["slow_consumer", "invalid_utf8", "invalid_event_type"];
 
+/// `sse_admission_rejections_total{reason}` values: why admission refused a request.
+pub const REJECTIONS: [&str; 9] = [
+    "rate_limited",
+    "max_connections",
+    "max_connections_per_ip",
+    "max_subscribers_per_topic",
+    "draining",
+    "header_timeout",
+    "header_too_large",
+    "uri_too_long",
+    "malformed_request",
+];
+
+/// Why admission refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Token bucket empty.
+    RateLimited,
+    /// `limits.max_connections`.
+    MaxConnections,
+    /// `limits.max_connections_per_ip`.
+    MaxConnectionsPerIp,
+    /// `limits.max_subscribers_per_topic`.
+    MaxSubscribersPerTopic,
+    /// Shutting down.
+    Draining,
+    /// The head did not arrive within `server.header_timeout`.
+    HeaderTimeout,
+    /// Head over the size or field limit (431).
+    HeaderTooLarge,
+    /// Request line over the limit (414).
+    UriTooLong,
+    /// Not an HTTP/1 request (400).
+    MalformedRequest,
+}
+
+impl Rejection {
+    fn label(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::MaxConnections => "max_connections",
+            Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::MaxSubscribersPerTopic => "max_subscribers_per_topic",
+            Self::Draining => "draining",
+            Self::HeaderTimeout => "header_timeout",
+            Self::HeaderTooLarge => "header_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::MalformedRequest => "malformed_request",
+        }
+    }
+}
+
 /// Delivery latency buckets, 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -37,13 +89,18 @@ pub struct Metrics {
     connections_total: IntCounterVec,
     /// `sse_nats_connected`
     pub nats_connected: IntGauge,
+    rejections: IntCounterVec,
+    /// `sse_rate_limited_clients`: addresses whose token bucket is tracked.
+    pub rate_limited_clients: IntGauge,
+    /// `sse_clients_with_streams`: addresses holding at least one stream slot.
+    pub clients_with_streams: IntGauge,
     /// The handles the hub and its writers update.
     pub hub: HubMetrics,
 }
 
 /// How a stream request ended at admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code, reason = "rate limiting and auth are not wired in yet")]
+#[allow(dead_code, reason = "auth is not wired in yet")]
 pub enum Outcome {
     /// Streaming.
     Accepted,
@@ -135,11 +192,33 @@ impl Metrics {
             delivery_latency: latency,
         };
         let nats_connected = gauge("sse_nats_connected", "1 while connected to NATS.")?;
+        let rejections = IntCounterVec::new(
+            Opts::new(
+                "sse_admission_rejections_total",
+                "Requests refused by admission control, by reason.",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(rejections.clone()))?;
+        for reason in REJECTIONS {
+            rejections.with_label_values(&[reason]);
+        }
+        let rate_limited_clients = gauge(
+            "sse_rate_limited_clients",
+            "Client addresses whose token bucket is tracked (pruned when full again).",
+        )?;
+        let clients_with_streams = gauge(
+            "sse_clients_with_streams",
+            "Client addresses holding at least one stream.",
+        )?;
         Ok(Self {
             registry,
             connections_active,
             connections_total,
             nats_connected,
+            rejections,
+            rate_limited_clients,
+            clients_with_streams,
             hub,
         })
     }
@@ -148,6 +227,13 @@ impl Metrics {
     pub fn count(&self, outcome: Outcome) {
         self.connections_total
             .with_label_values(&[outcome.label()])
+            .inc();
+    }
+
+    /// Counts one admission refusal by reason.
+    pub fn reject(&self, rejection: Rejection) {
+        self.rejections
+            .with_label_values(&[rejection.label()])
             .inc();
     }
 

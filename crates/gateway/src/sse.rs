@@ -1,28 +1,27 @@
-//! The Pingora glue of a stream: admit it, subscribe it, then hand its socket to a
-//! lean task running the hub's writer.
+//! Opening a stream: admit it, subscribe it, then serve its socket from a lean task
+//! running the hub's writer.
 //!
-//! After the request is parsed and the subscription is confirmed upstream, the HTTP/1
-//! connection is taken out of Pingora (`into_inner()` on its v1 session) and served by
-//! [`sse_hub::serve`], which writes the response head, the opening bytes and then the
-//! events with its own chunked framing. Pingora's per-request state (buffers, the proxy
-//! future) is released at once; a stream then costs its socket, its cursor and its
-//! writer task.
+//! A request reaches here from the public listener's own head reader (the common case:
+//! the first request of a connection) or from Pingora's `request_filter` (a later request
+//! on a connection Pingora kept alive). Either way the HTTP/1 connection is then served by
+//! [`sse_hub::serve`], which writes the response head, the opening bytes and the events
+//! with its own chunked framing; no Pingora state stays attached to it.
 
-use std::io::Cursor;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use pingora::http::Method;
-use pingora::protocols::http::ServerSession;
-use pingora::proxy::Session;
-use sse_hub::BodyFraming;
+use sse_admission::Slot;
+use sse_hub::{BodyFraming, Subscription};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use crate::admission::{self, Refusal};
 use crate::http_error::ApiError;
 use crate::metrics::Outcome;
 use crate::request::parse_events_request;
-use crate::state::Gateway;
+use crate::state::{Gateway, StreamGuard};
 
 /// How long a new stream waits for its upstream subscriptions to be confirmed.
 const UPSTREAM_CONFIRM: Duration = Duration::from_secs(5);
@@ -43,90 +42,104 @@ X-Accel-Buffering: no\r\n\
 Connection: close\r\n\
 \r\n";
 
-/// Serves `GET /events…`. Always answers (Ok(true)): with an error, or by handing the
-/// connection to a stream task.
-pub async fn handle(gateway: &Arc<Gateway>, session: &mut Session) -> pingora::Result<bool> {
-    match admit(gateway, session).await {
-        Ok(()) => Ok(true),
-        Err((outcome, error)) => {
-            gateway.metrics.count(outcome);
-            error.send(session).await?;
-            Ok(true)
-        }
-    }
+/// What opening a stream needs to know of a request, whichever way it arrived.
+#[derive(Debug)]
+pub struct StreamRequest<'a> {
+    /// Request method.
+    pub method: &'a str,
+    /// Path, still percent-encoded.
+    pub path: &'a str,
+    /// Raw query.
+    pub query: Option<&'a str>,
+    /// HTTP/1.0 (no chunked encoding).
+    pub http10: bool,
+    /// The `Last-Event-ID` header.
+    pub last_event_id: Option<&'a [u8]>,
+    /// The client's address (after trusted proxies).
+    pub client: IpAddr,
 }
 
-async fn admit(gateway: &Arc<Gateway>, session: &mut Session) -> Result<(), (Outcome, ApiError)> {
-    let req = session.req_header();
-    if req.method != Method::GET {
-        let method = req.method.to_string();
-        return Err((
-            Outcome::BadRequest,
-            ApiError::method_not_allowed(&method, "GET"),
-        ));
+/// A stream that passed admission: everything it holds is released when it ends.
+#[derive(Debug)]
+pub struct Admitted {
+    sub: Subscription,
+    slot: Slot,
+    guard: StreamGuard,
+    framing: BodyFraming,
+    head: &'static [u8],
+}
+
+/// Checks, in order: token bucket, method, request, draining, connection caps, topic
+/// caps; then subscribes and waits for the upstream subscriptions.
+pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Admitted, Refusal> {
+    admission::check_rate(gateway, req.client)?;
+    if req.method != "GET" {
+        return Err(Refusal::bad_request(ApiError::method_not_allowed(
+            req.method, "GET",
+        )));
     }
     let sse = &gateway.config.sse;
     let request = parse_events_request(
-        req.uri.path(),
-        req.uri.query(),
+        req.path,
+        req.query,
         sse.allow_wildcards,
         sse.max_topics_per_connection,
     )
-    .map_err(|e| (Outcome::BadRequest, ApiError::from(e)))?;
+    .map_err(|e| Refusal::bad_request(e.into()))?;
     // The header is what EventSource sends on reconnect: it wins over the query.
-    let last_event_id = match req.headers.get("last-event-id") {
-        Some(v) => Some(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    let last_event_id = match req.last_event_id {
+        Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
         None => request.last_event_id,
     };
-    let http10 = req.version == pingora::http::Version::HTTP_10;
     if gateway.is_draining() {
-        return Err((
-            Outcome::OverCapacity,
-            ApiError::draining(retry_secs(gateway)),
-        ));
+        return Err(Refusal::draining(gateway));
     }
-
-    let guard = gateway.open_stream();
+    let slot = gateway
+        .caps
+        .acquire(req.client)
+        .map_err(|cap| admission::cap_refusal(gateway, cap))?;
     let sub = gateway
         .hub
-        .subscribe(&request.topics, last_event_id.as_deref());
+        .subscribe(&request.topics, last_event_id.as_deref())
+        .map_err(|e| admission::topic_full(gateway, &e))?;
+    let guard = gateway.open_stream();
     gateway.hub.wait_upstream(&sub, UPSTREAM_CONFIRM).await;
     if gateway.is_draining() {
-        return Err((
-            Outcome::OverCapacity,
-            ApiError::draining(retry_secs(gateway)),
-        ));
+        return Err(Refusal::draining(gateway));
     }
-    let peer = session
-        .client_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let Some(stream) = take_http1_stream(session) else {
-        // HTTP/2 is not offered on this listener yet, so this is not reached.
-        return Err((
-            Outcome::BadRequest,
-            ApiError::method_not_allowed("this protocol", "GET over HTTP/1.1"),
-        ));
-    };
-    gateway.metrics.count(Outcome::Accepted);
-    let (head, framing) = if http10 {
+    let (head, framing) = if req.http10 {
         (HEAD_CLOSE, BodyFraming::Raw)
     } else {
         (HEAD_CHUNKED, BodyFraming::Chunked)
     };
+    Ok(Admitted {
+        sub,
+        slot,
+        guard,
+        framing,
+        head,
+    })
+}
+
+/// Serves an admitted stream on `io` from a task of its own.
+pub fn spawn<S>(gateway: &Arc<Gateway>, io: S, admitted: Admitted, peer: String)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    gateway.metrics.count(Outcome::Accepted);
     let gateway = gateway.clone();
     tokio::spawn(async move {
-        let _guard = guard;
+        let Admitted {
+            sub,
+            slot,
+            guard,
+            framing,
+            head,
+        } = admitted;
         let started = Instant::now();
         let topics: Vec<String> = sub.topic_names().map(|t| t.to_string()).collect();
-        let report = sse_hub::serve(
-            stream,
-            sub,
-            Bytes::from_static(head),
-            framing,
-            &gateway.writer,
-        )
-        .await;
+        let report =
+            sse_hub::serve(io, sub, Bytes::from_static(head), framing, &gateway.writer).await;
         tracing::debug!(
             %peer,
             ?topics,
@@ -136,26 +149,6 @@ async fn admit(gateway: &Arc<Gateway>, session: &mut Session) -> Result<(), (Out
             secs = started.elapsed().as_secs_f64(),
             "stream closed"
         );
+        drop((slot, guard));
     });
-    Ok(())
-}
-
-/// Takes the HTTP/1 connection out of Pingora, leaving an inert session behind for
-/// Pingora to finish. `None` (and the session untouched) for HTTP/2.
-fn take_http1_stream(session: &mut Session) -> Option<pingora::protocols::Stream> {
-    if session.as_downstream().is_http2() {
-        return None;
-    }
-    let inert = ServerSession::new_http1(Box::new(Cursor::new(Vec::<u8>::new())));
-    match std::mem::replace(&mut *session.downstream_session, inert) {
-        ServerSession::H1(v1) => Some(v1.into_inner()),
-        other => {
-            *session.downstream_session = other;
-            None
-        }
-    }
-}
-
-fn retry_secs(gateway: &Gateway) -> u64 {
-    gateway.config.sse.retry.as_secs().max(1)
 }

@@ -3,6 +3,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::num::NonZeroU32;
+
+use sse_admission::{Caps, RateLimiter};
 use sse_hub::{Hub, WriterConfig};
 use tokio::sync::Notify;
 
@@ -20,6 +23,10 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Settings of every stream writer.
     pub writer: WriterConfig,
+    /// Token buckets per client address.
+    pub rate: RateLimiter,
+    /// Connection caps (global and per client address).
+    pub caps: Arc<Caps>,
     draining: AtomicBool,
     /// Notified when the last stream ends.
     streams_gone: Notify,
@@ -36,7 +43,15 @@ impl Gateway {
             max_write_frames: config.sse.client_buffer,
             max_write_bytes: 256 * 1024,
         };
+        let limits = &config.limits;
+        let rate = RateLimiter::new(
+            NonZeroU32::new(limits.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN),
+            NonZeroU32::new(limits.connect_burst_per_ip).unwrap_or(NonZeroU32::MIN),
+        );
+        let caps = Caps::new(limits.max_connections, limits.max_connections_per_ip);
         Arc::new(Self {
+            rate,
+            caps,
             config,
             hub,
             metrics,
@@ -44,6 +59,20 @@ impl Gateway {
             draining: AtomicBool::new(false),
             streams_gone: Notify::new(),
         })
+    }
+
+    /// `Retry-After` for 503 answers: the announced reconnection delay, at least 1 s.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.config.sse.retry.as_secs().max(1)
+    }
+
+    /// Refreshes the gauges that are read off other structures.
+    pub fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.rate_limited_clients
+            .set(i64::try_from(self.rate.tracked()).unwrap_or(i64::MAX));
+        m.clients_with_streams
+            .set(i64::try_from(self.caps.tracked_ips()).unwrap_or(i64::MAX));
     }
 
     /// Whether SIGTERM was received.

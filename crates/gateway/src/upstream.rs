@@ -1,7 +1,8 @@
-//! The background service that runs the NATS adapter and the linger sweeper, on a
-//! runtime of its own.
+//! The background service that runs the NATS adapter, the linger sweeper and the
+//! token-bucket pruner, on a runtime of its own.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -45,6 +46,7 @@ impl BackgroundService for UpstreamService {
             return;
         };
         let sweeper = tokio::spawn(self.gateway.hub.clone().run_linger_sweeper());
+        let pruner = tokio::spawn(prune_rate_limiter(self.gateway.clone()));
         let stopped = async move {
             let _ = shutdown.changed().await;
         };
@@ -52,5 +54,21 @@ impl BackgroundService for UpstreamService {
             tracing::error!(error = %e, "the NATS adapter stopped");
         }
         sweeper.abort();
+        pruner.abort();
+    }
+}
+
+/// How often idle token buckets are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// Forgets clients whose token bucket is full again, so the keyed state stays bounded
+/// however many addresses come by.
+async fn prune_rate_limiter(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let kept = gateway.rate.prune();
+        tracing::trace!(kept, "pruned idle token buckets");
     }
 }

@@ -54,6 +54,22 @@ pub struct HubConfig {
     pub client_buffer: usize,
     /// How long a topic keeps its upstream subscription after its last client left.
     pub topic_linger: Duration,
+    /// Streams one topic may have at once.
+    pub max_subscribers_per_topic: usize,
+}
+
+/// Why a stream could not be registered.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// A topic already has `max_subscribers_per_topic` streams.
+    #[error("topic {topic} already has {max} subscribers")]
+    TopicFull {
+        /// The full topic.
+        topic: TopicName,
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// A message from upstream, before validation.
@@ -233,7 +249,11 @@ impl Hub {
     /// last event (its replay is then pending in the rings), or at the live edge behind a
     /// `gateway.reset` frame when the id cannot be honoured. Dropping it releases the
     /// topics; a topic without subscribers lingers for `topic_linger`.
-    pub fn subscribe(&self, topics: &[TopicName], last_event_id: Option<&str>) -> Subscription {
+    pub fn subscribe(
+        &self,
+        topics: &[TopicName],
+        last_event_id: Option<&str>,
+    ) -> Result<Subscription, SubscribeError> {
         let inner = &self.inner;
         let mut unique: Vec<TopicName> = Vec::with_capacity(topics.len());
         for t in topics {
@@ -241,7 +261,18 @@ impl Hub {
                 unique.push(t.clone());
             }
         }
-        let handles: Vec<Arc<Topic>> = unique.iter().map(|t| self.acquire(t)).collect();
+        let mut handles: Vec<Arc<Topic>> = Vec::with_capacity(unique.len());
+        for t in &unique {
+            match self.acquire(t) {
+                Ok(topic) => handles.push(topic),
+                Err(e) => {
+                    for taken in &handles {
+                        taken.release();
+                    }
+                    return Err(e);
+                }
+            }
+        }
 
         // Every frame up to the watermark is in its ring; the positions below are
         // computed against it so that all topics of the stream agree.
@@ -290,18 +321,31 @@ impl Hub {
             Resume::Reset(reason) => Some(self.reset_frame(watermark, reason)),
             Resume::Live | Resume::From(_) => None,
         };
-        Subscription::new(self.clone(), cursors, reset, replayed)
+        Ok(Subscription::new(self.clone(), cursors, reset, replayed))
     }
 
     /// Gets or creates `name` and takes one subscriber slot on it.
-    fn acquire(&self, name: &TopicName) -> Arc<Topic> {
+    fn acquire(&self, name: &TopicName) -> Result<Arc<Topic>, SubscribeError> {
         let inner = &self.inner;
+        let max = inner.config.max_subscribers_per_topic;
         let mut topics = inner.topics.lock();
         if let Some(topic) = topics.get(name) {
             let mut meta = topic.meta.lock();
+            if meta.subscribers >= max {
+                return Err(SubscribeError::TopicFull {
+                    topic: name.clone(),
+                    max,
+                });
+            }
             meta.subscribers += 1;
             meta.idle_since = None;
-            return topic.clone();
+            return Ok(topic.clone());
+        }
+        if max == 0 {
+            return Err(SubscribeError::TopicFull {
+                topic: name.clone(),
+                max,
+            });
         }
         // A new topic knows nothing published before now, not even at the current
         // watermark: resuming on it from any existing id must be refused.
@@ -317,7 +361,7 @@ impl Hub {
         inner.metrics.topics_active.set(topics.len() as i64);
         drop(topics);
         self.mark_demand(name);
-        topic
+        Ok(topic)
     }
 
     /// Waits until every topic of `sub` has a confirmed upstream subscription, the

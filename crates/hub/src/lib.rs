@@ -14,12 +14,17 @@
 //! use sse_hub::{Epoch, Hub, HubConfig, HubMetrics, Incoming, TopicName};
 //!
 //! let hub = Hub::new(
-//!     HubConfig { replay_window: 16, client_buffer: 8, topic_linger: Duration::from_secs(30) },
+//!     HubConfig {
+//!         replay_window: 16,
+//!         client_buffer: 8,
+//!         topic_linger: Duration::from_secs(30),
+//!         max_subscribers_per_topic: 1000,
+//!     },
 //!     Epoch::new("doc").unwrap(),
 //!     HubMetrics::unregistered(),
 //! );
 //! let topic = TopicName::parse("orders.42", false).unwrap();
-//! let mut sub = hub.subscribe(&[topic.clone()], None);
+//! let mut sub = hub.subscribe(&[topic.clone()], None).unwrap();
 //! hub.ingest(&topic, Incoming {
 //!     payload: "hello".into(),
 //!     event_type: None,
@@ -73,7 +78,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason};
+pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError};
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
 pub use metrics::HubMetrics;
 pub use subscription::{Drained, Subscription};

@@ -33,7 +33,7 @@ proptest! {
             .iter()
             .map(|set| {
                 let topics: Vec<_> = set.iter().map(|&i| names[i].clone()).collect();
-                hub.subscribe(&topics, None)
+                hub.subscribe(&topics, None).unwrap()
             })
             .collect();
         let mut published = [0u64; 4];

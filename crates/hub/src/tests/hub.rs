@@ -8,7 +8,7 @@ use crate::{Incoming, Ingested};
 fn live_events_in_order_with_ids() {
     let hub = hub_with(16, 8);
     let t = topic("orders");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 1..=3 {
         assert_eq!(hub.ingest(&t, msg(&format!("e{i}"))), Ingested::Stored(i));
     }
@@ -23,9 +23,9 @@ fn live_events_in_order_with_ids() {
 fn events_before_subscribing_are_not_live() {
     let hub = hub_with(16, 8);
     let t = topic("orders");
-    let _first = hub.subscribe(std::slice::from_ref(&t), None);
+    let _first = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     hub.ingest(&t, msg("old"));
-    let mut late = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut late = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     hub.ingest(&t, msg("new"));
     assert_eq!(datas(&drain_events(&mut late)), ["new"]);
 }
@@ -34,7 +34,7 @@ fn events_before_subscribing_are_not_live() {
 fn event_type_and_multiline_payload() {
     let hub = hub_with(16, 8);
     let t = topic("orders");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     hub.ingest(
         &t,
         Incoming {
@@ -54,7 +54,7 @@ fn event_type_and_multiline_payload() {
 fn invalid_payloads_and_event_types_are_dropped_and_counted() {
     let hub = hub_with(16, 8);
     let t = topic("orders");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let bad_utf8 = Incoming {
         payload: vec![0xff, 0xfe].into(),
         ..msg("")
@@ -79,11 +79,13 @@ fn invalid_payloads_and_event_types_are_dropped_and_counted() {
 fn resume_replays_exactly_the_missed_events() {
     let hub = hub_with(16, 8);
     let t = topic("orders");
-    let _keep = hub.subscribe(std::slice::from_ref(&t), None);
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 1..=10 {
         hub.ingest(&t, msg(&format!("e{i}")));
     }
-    let mut resumed = hub.subscribe(std::slice::from_ref(&t), Some("t-6"));
+    let mut resumed = hub
+        .subscribe(std::slice::from_ref(&t), Some("t-6"))
+        .unwrap();
     assert!(resumed.take_reset().is_none());
     assert_eq!(resumed.replayed(), 4);
     hub.ingest(&t, msg("e11"));
@@ -94,7 +96,9 @@ fn resume_replays_exactly_the_missed_events() {
     assert_eq!(hub.metrics().replayed_events.get(), 4);
 
     // Resuming from the newest id replays nothing and misses nothing.
-    let mut current = hub.subscribe(std::slice::from_ref(&t), Some("t-11"));
+    let mut current = hub
+        .subscribe(std::slice::from_ref(&t), Some("t-11"))
+        .unwrap();
     assert!(current.take_reset().is_none());
     hub.ingest(&t, msg("e12"));
     assert_eq!(datas(&drain_events(&mut current)), ["e12"]);
@@ -114,7 +118,7 @@ fn reset_reason(sub: &mut crate::Subscription) -> Option<String> {
 fn ids_that_cannot_be_honoured_get_one_reset_then_live() {
     let hub = hub_with(4, 2);
     let t = topic("orders");
-    let _keep = hub.subscribe(std::slice::from_ref(&t), None);
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 1..=10 {
         hub.ingest(&t, msg(&format!("e{i}")));
     }
@@ -127,14 +131,16 @@ fn ids_that_cannot_be_honoured_get_one_reset_then_live() {
         ("t-5", "history_expired"),
     ];
     for (id, reason) in cases {
-        let mut sub = hub.subscribe(std::slice::from_ref(&t), Some(id));
+        let mut sub = hub.subscribe(std::slice::from_ref(&t), Some(id)).unwrap();
         assert_eq!(reset_reason(&mut sub).as_deref(), Some(reason), "{id:?}");
         hub.ingest(&t, msg("live"));
         assert_eq!(datas(&drain_events(&mut sub)), ["live"], "{id:?}");
     }
     // The newest `replay_window` (4) frames are t-13..t-16: t-12 is the oldest
     // honoured id.
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), Some("t-12"));
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("t-12"))
+        .unwrap();
     assert_eq!(reset_reason(&mut sub), None);
     assert_eq!(drain_events(&mut sub).len(), 4);
 }
@@ -143,14 +149,18 @@ fn ids_that_cannot_be_honoured_get_one_reset_then_live() {
 fn reset_frame_id_continues_the_stream() {
     let hub = hub_with(4, 2);
     let t = topic("orders");
-    let _keep = hub.subscribe(std::slice::from_ref(&t), None);
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     hub.ingest(&t, msg("a"));
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), Some("zzz-1"));
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("zzz-1"))
+        .unwrap();
     let reset = decode(&sub.take_reset().unwrap());
     assert_eq!(reset[0].id.as_deref(), Some("t-1"));
     // Resuming from the reset's id misses nothing.
     hub.ingest(&t, msg("b"));
-    let mut again = hub.subscribe(std::slice::from_ref(&t), Some("t-1"));
+    let mut again = hub
+        .subscribe(std::slice::from_ref(&t), Some("t-1"))
+        .unwrap();
     assert!(again.take_reset().is_none());
     assert_eq!(datas(&drain_events(&mut again)), ["b"]);
 }
@@ -159,9 +169,9 @@ fn reset_frame_id_continues_the_stream() {
 fn a_new_topic_cannot_resume() {
     let hub = hub_with(16, 8);
     let a = topic("a");
-    let _keep = hub.subscribe(std::slice::from_ref(&a), None);
+    let _keep = hub.subscribe(std::slice::from_ref(&a), None).unwrap();
     hub.ingest(&a, msg("x"));
-    let mut sub = hub.subscribe(&[topic("fresh")], Some("t-1"));
+    let mut sub = hub.subscribe(&[topic("fresh")], Some("t-1")).unwrap();
     assert_eq!(reset_reason(&mut sub).as_deref(), Some("history_expired"));
 }
 
@@ -169,7 +179,9 @@ fn a_new_topic_cannot_resume() {
 fn several_topics_merge_in_sequence_order() {
     let hub = hub_with(64, 8);
     let (a, b, c) = (topic("a"), topic("b"), topic("c"));
-    let mut sub = hub.subscribe(&[a.clone(), b.clone(), c.clone()], None);
+    let mut sub = hub
+        .subscribe(&[a.clone(), b.clone(), c.clone()], None)
+        .unwrap();
     let order = [&a, &b, &b, &c, &a, &c, &b, &a];
     for (i, t) in order.iter().enumerate() {
         hub.ingest(t, msg(&format!("{t}{i}")));
@@ -180,7 +192,7 @@ fn several_topics_merge_in_sequence_order() {
         ["a0", "b1", "b2", "c3", "a4", "c5", "b6", "a7"]
     );
     // Resume the multi-topic stream from its 4th event.
-    let mut resumed = hub.subscribe(&[a, b, c], Some("t-4"));
+    let mut resumed = hub.subscribe(&[a, b, c], Some("t-4")).unwrap();
     assert_eq!(datas(&drain_events(&mut resumed)), ["a4", "c5", "b6", "a7"]);
 }
 
@@ -188,7 +200,7 @@ fn several_topics_merge_in_sequence_order() {
 fn duplicate_topics_count_once() {
     let hub = hub_with(16, 8);
     let t = topic("a");
-    let mut sub = hub.subscribe(&[t.clone(), t.clone()], None);
+    let mut sub = hub.subscribe(&[t.clone(), t.clone()], None).unwrap();
     assert_eq!(hub.subscriber_count("a"), 1);
     hub.ingest(&t, msg("x"));
     assert_eq!(datas(&drain_events(&mut sub)), ["x"]);
@@ -199,8 +211,8 @@ fn upstream_gap_is_one_reset_per_outage() {
     let hub = hub_with(16, 8);
     hub.set_connected(true);
     let (a, b) = (topic("a"), topic("b"));
-    let mut both = hub.subscribe(&[a.clone(), b.clone()], None);
-    let mut only_a = hub.subscribe(std::slice::from_ref(&a), None);
+    let mut both = hub.subscribe(&[a.clone(), b.clone()], None).unwrap();
+    let mut only_a = hub.subscribe(std::slice::from_ref(&a), None).unwrap();
     hub.ingest(&a, msg("before"));
     hub.set_connected(false);
     hub.set_connected(true);
@@ -226,7 +238,7 @@ fn topics_opened_during_an_outage_get_a_reset_before_new_messages() {
     hub.set_connected(true);
     hub.set_connected(false);
     let t = topic("late");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     hub.set_connected(true);
     hub.ingest(&t, msg("new"));
     let events = drain_events(&mut sub);
@@ -239,7 +251,7 @@ fn topics_opened_during_an_outage_get_a_reset_before_new_messages() {
 fn streams_opened_before_the_first_connection_get_no_reset() {
     let hub = hub_with(16, 8);
     let t = topic("early");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     hub.set_connected(true);
     hub.ingest(&t, msg("first"));
     assert_eq!(datas(&drain_events(&mut sub)), ["first"]);
@@ -249,7 +261,7 @@ fn streams_opened_before_the_first_connection_get_no_reset() {
 fn topics_linger_then_leave_and_ask_to_unsubscribe() {
     let hub = hub_with(16, 8);
     let t = topic("a");
-    let sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     assert_eq!(hub.take_demand_changes(), std::slice::from_ref(&t));
     assert!(hub.wants(&t));
     assert_eq!(hub.metrics().topics_active.get(), 1);
@@ -270,8 +282,8 @@ fn topics_linger_then_leave_and_ask_to_unsubscribe() {
 fn a_returning_subscriber_cancels_the_linger() {
     let hub = hub_with(16, 8);
     let t = topic("a");
-    drop(hub.subscribe(std::slice::from_ref(&t), None));
-    let _back = hub.subscribe(std::slice::from_ref(&t), None);
+    drop(hub.subscribe(std::slice::from_ref(&t), None).unwrap());
+    let _back = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let later = Instant::now() + hub.config().topic_linger * 2;
     assert_eq!(hub.sweep(later), 0);
     assert!(hub.wants(&t));
@@ -281,7 +293,7 @@ fn a_returning_subscriber_cancels_the_linger() {
 fn a_reader_overtaken_by_the_ring_is_told_what_it_lost() {
     let hub = hub_with(4, 4);
     let t = topic("a");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 0..10 {
         hub.ingest(&t, msg(&i.to_string()));
     }
@@ -296,7 +308,7 @@ fn a_reader_overtaken_by_the_ring_is_told_what_it_lost() {
 fn drain_respects_frame_and_byte_limits() {
     let hub = hub_with(64, 64);
     let t = topic("a");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 0..20 {
         hub.ingest(&t, msg(&format!("{i:02}")));
     }
@@ -315,11 +327,39 @@ fn drain_respects_frame_and_byte_limits() {
 fn closing_wakes_every_subscriber() {
     let hub = hub_with(16, 8);
     let t = topic("a");
-    let mut sub = hub.subscribe(std::slice::from_ref(&t), None);
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     assert!(sub.poll_ready(&mut cx).is_pending());
     hub.close();
     assert!(sub.poll_pushed(&mut cx).is_ready());
     assert!(sub.is_closing());
+}
+
+#[test]
+fn a_full_topic_refuses_and_releases_what_it_took() {
+    let hub = crate::Hub::new(
+        crate::HubConfig {
+            max_subscribers_per_topic: 2,
+            ..hub_with(16, 8).config().clone()
+        },
+        crate::Epoch::new("t").unwrap(),
+        crate::HubMetrics::unregistered(),
+    );
+    let (a, b) = (topic("a"), topic("b"));
+    let _one = hub.subscribe(std::slice::from_ref(&b), None).unwrap();
+    let _two = hub.subscribe(std::slice::from_ref(&b), None).unwrap();
+    // `a` is taken first, then `b` is full: `a` must be given back.
+    let err = hub.subscribe(&[a.clone(), b.clone()], None).unwrap_err();
+    assert_eq!(
+        err,
+        crate::SubscribeError::TopicFull {
+            topic: b.clone(),
+            max: 2
+        }
+    );
+    assert_eq!(hub.subscriber_count("a"), 0);
+    assert_eq!(hub.subscriber_count("b"), 2);
+    drop(_one);
+    assert!(hub.subscribe(&[a, b], None).is_ok());
 }

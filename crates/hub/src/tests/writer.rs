@@ -48,7 +48,7 @@ fn spawn_writer(
     config: WriterConfig,
 ) -> (DuplexStream, tokio::task::JoinHandle<StreamReport>) {
     let (server, client) = tokio::io::duplex(buffer);
-    let sub = hub.subscribe(&[topic(name)], None);
+    let sub = hub.subscribe(&[topic(name)], None).unwrap();
     let task = tokio::spawn(async move {
         serve(
             server,
@@ -197,7 +197,7 @@ async fn closing_the_hub_ends_streams_with_retry() {
 async fn raw_framing_has_no_chunks() {
     let hub = hub_with(16, 8);
     let (server, mut client) = tokio::io::duplex(4096);
-    let sub = hub.subscribe(&[topic("a")], None);
+    let sub = hub.subscribe(&[topic("a")], None).unwrap();
     let cfg = config();
     tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
     assert_eq!(
@@ -215,7 +215,7 @@ async fn raw_framing_has_no_chunks() {
 async fn a_resume_reset_goes_out_with_the_opening() {
     let hub = hub_with(16, 8);
     let (server, mut client) = tokio::io::duplex(4096);
-    let sub = hub.subscribe(&[topic("a")], Some("bogus"));
+    let sub = hub.subscribe(&[topic("a")], Some("bogus")).unwrap();
     let cfg = config();
     tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
     let got = read_some(&mut client).await;

@@ -1,0 +1,170 @@
+//! The public listener's front: the first thing every connection meets.
+//!
+//! Pingora accepts the connection; this app reads the first request head itself (with a
+//! deadline and size limits, see [`head`]) so that streams never carry Pingora's
+//! per-request state and hostile clients are cut early. `/events` requests are admitted
+//! and handed to a stream task; the gateway's own error answers keep the connection for
+//! the next request; anything else is given, with the bytes already read, to Pingora's
+//! HTTP proxy ([`crate::proxy::EdgeProxy`]), which serves the rest of the connection.
+
+pub mod head;
+pub mod respond;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+
+use self::head::{HeadError, MAX_REQUEST_LINE, RequestHead, read_head};
+use crate::admission::Refusal;
+use crate::http_error::ApiError;
+use crate::metrics::{Outcome, Rejection};
+use crate::proxy::EdgeProxy;
+use crate::request::is_events_path;
+use crate::sse::{self, StreamRequest};
+use crate::state::Gateway;
+
+/// How long a kept-alive connection may wait for its next request.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// The public listener's application.
+pub struct PublicApp {
+    gateway: Arc<Gateway>,
+    proxy: Arc<HttpProxy<EdgeProxy>>,
+}
+
+impl std::fmt::Debug for PublicApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicApp").finish_non_exhaustive()
+    }
+}
+
+impl PublicApp {
+    /// The front for `gateway`, handing other requests to `proxy`.
+    pub fn new(gateway: Arc<Gateway>, proxy: Arc<HttpProxy<EdgeProxy>>) -> Self {
+        Self { gateway, proxy }
+    }
+}
+
+/// The peer address of an accepted connection.
+pub fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+    let digest = stream.get_socket_digest()?;
+    let addr = digest.peer_addr()?;
+    addr.as_inet().map(|a| a.ip())
+}
+
+#[async_trait]
+impl ServerApp for PublicApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let gateway = &self.gateway;
+        let Some(peer) = peer_ip(&stream) else {
+            tracing::debug!("connection without a peer address; closing");
+            return None;
+        };
+        let header_timeout = gateway.config.server.header_timeout;
+        let mut buf = BytesMut::new();
+        let mut idle = header_timeout;
+        loop {
+            let head = match read_head(&mut stream, &mut buf, idle, header_timeout).await {
+                Ok(head) => head,
+                Err(HeadError::Closed | HeadError::Idle | HeadError::Io(_)) => return None,
+                Err(e) => {
+                    self.refuse_head(&mut stream, &e).await;
+                    return None;
+                }
+            };
+            idle = KEEPALIVE_IDLE;
+            if !is_events_path(head.path()) {
+                return self.delegate(stream, buf, shutdown).await;
+            }
+            let forwarded: Vec<&[u8]> = head.header_values("x-forwarded-for").collect();
+            let request = StreamRequest {
+                method: &head.method,
+                path: head.path(),
+                query: head.query(),
+                http10: head.minor_version == 0,
+                last_event_id: head.header("last-event-id"),
+                client: crate::admission::client_ip(gateway, peer, &forwarded),
+            };
+            match sse::admit(gateway, &request).await {
+                Ok(admitted) => {
+                    sse::spawn(gateway, stream, admitted, peer.to_string());
+                    return None;
+                }
+                Err(refusal) => {
+                    refusal.count(gateway);
+                    let keep = can_continue(&head, &refusal);
+                    let timeout = gateway.config.sse.write_timeout;
+                    let sent =
+                        respond::write_error(&mut stream, &refusal.error, keep, timeout).await;
+                    if !keep || sent.is_err() {
+                        return None;
+                    }
+                    buf.advance(head.len);
+                }
+            }
+        }
+    }
+}
+
+/// Whether the connection can serve another request after refusing this one.
+fn can_continue(head: &RequestHead, refusal: &Refusal) -> bool {
+    head.keep_alive() && !head.has_body() && refusal.outcome != Outcome::RateLimited
+}
+
+impl PublicApp {
+    /// Answers a request head that could not be read (400/408/414/431) and closes.
+    async fn refuse_head(&self, stream: &mut Stream, e: &HeadError) {
+        let gateway = &self.gateway;
+        let (rejection, error) = match e {
+            HeadError::Timeout(_) => (Rejection::HeaderTimeout, ApiError::request_timeout()),
+            HeadError::UriTooLong => (
+                Rejection::UriTooLong,
+                ApiError::uri_too_long(MAX_REQUEST_LINE),
+            ),
+            HeadError::TooLarge => (
+                Rejection::HeaderTooLarge,
+                ApiError::headers_too_large(e.to_string()),
+            ),
+            other => (
+                Rejection::MalformedRequest,
+                ApiError::malformed(other.to_string()),
+            ),
+        };
+        tracing::debug!(error = %e, "refusing a request head");
+        gateway.metrics.count(Outcome::BadRequest);
+        gateway.metrics.reject(rejection);
+        let timeout = Duration::from_secs(1);
+        let _ = respond::write_error(stream, &error, false, timeout).await;
+    }
+
+    /// Gives the connection, with the bytes already read, to Pingora's proxy.
+    async fn delegate(
+        self: &Arc<Self>,
+        stream: Stream,
+        buf: BytesMut,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
+            Ok(l4) => l4,
+            Err(_) => {
+                tracing::error!("cannot hand a non-TCP connection to the proxy; closing");
+                return None;
+            }
+        };
+        l4.rewind(&buf);
+        drop(buf);
+        ServerApp::process_new(&self.proxy, l4, shutdown).await
+    }
+}
