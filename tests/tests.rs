@@ -4,6 +4,8 @@
 
 mod support;
 
+mod admission;
+mod churn;
 mod config;
 mod fanout;
 mod faults;
