@@ -116,6 +116,11 @@ impl ServerApp for PublicApp {
             }
         }
     }
+
+    /// Lets the proxy end the connections it keeps alive.
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.proxy).await;
+    }
 }
 
 /// Whether the connection can serve another request after refusing this one.
