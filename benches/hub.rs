@@ -23,6 +23,7 @@ fn hub(replay_window: usize, client_buffer: usize) -> Hub {
             client_buffer,
             topic_linger: Duration::from_secs(30),
             max_subscribers_per_topic: 100_000,
+            durable: false,
         },
         Epoch::new("bench").unwrap_or_else(|e| panic!("{e}")),
         HubMetrics::unregistered(),
@@ -145,6 +146,8 @@ fn coalescing(c: &mut Criterion) {
                             client_buffer: EVENTS,
                             max_write_frames: batch,
                             max_write_bytes: 256 * 1024,
+                            drain_spread: Duration::ZERO,
+                            drain_retry: Duration::from_secs(3),
                         };
                         let writer = tokio::spawn(async move {
                             serve(server, sub, Bytes::new(), BodyFraming::Raw, &config).await

@@ -7,6 +7,7 @@ mod support;
 mod admission;
 mod churn;
 mod config;
+mod delivery;
 mod fanout;
 mod faults;
 mod lifecycle;

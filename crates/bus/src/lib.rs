@@ -7,8 +7,14 @@
 //! topic go after `topic_linger`. The connection is made in the background and remade
 //! forever; the hub hears of every loss and return of it (`set_connected`), which is
 //! how streams learn of upstream gaps.
+//!
+//! With JetStream ([`JetStreamConfig`]) the adapter instead reads the whole stream with
+//! one ordered consumer, ids are stream sequences, and [`History`] replays resumes the
+//! hub's rings no longer hold.
 
+mod jetstream;
 mod nats;
 
 pub use async_nats::ServerAddr;
+pub use jetstream::{History, JetStreamConfig};
 pub use nats::{BusError, EVENT_HEADER, NatsBus, NatsBusConfig, subject_for};

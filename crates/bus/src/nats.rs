@@ -12,6 +12,8 @@ use futures::stream::{AbortHandle, AbortRegistration, Abortable, BoxStream, Sele
 use prometheus::IntGauge;
 use sse_hub::{Hub, Incoming, Ingested, TopicName};
 use tokio::sync::mpsc;
+
+use crate::jetstream::{History, HistoryWriter, JetStreamConfig};
 use tokio::time::Instant;
 
 /// The NATS header that sets a frame's `event:` field.
@@ -32,6 +34,8 @@ pub struct NatsBusConfig {
     pub client_name: String,
     /// Gauge set to 1 while connected, 0 otherwise.
     pub connected_gauge: IntGauge,
+    /// Read topics from a JetStream stream instead of core subscriptions.
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 /// Errors of the NATS adapter.
@@ -91,6 +95,7 @@ pub fn subject_for(prefix: &str, topic: &TopicName) -> String {
 pub struct NatsBus {
     config: NatsBusConfig,
     hub: Hub,
+    history: (HistoryWriter, History),
 }
 
 /// What the read loop knows of one topic's subscription.
@@ -117,13 +122,44 @@ type Tagged = (TopicName, u64, Option<Message>);
 impl NatsBus {
     /// An adapter for `hub`; nothing happens until [`NatsBus::run`].
     pub fn new(config: NatsBusConfig, hub: Hub) -> Self {
-        Self { config, hub }
+        Self {
+            config,
+            hub,
+            history: HistoryWriter::new(),
+        }
+    }
+
+    /// Replays from the JetStream stream (JetStream mode only; replays wait until the
+    /// stream is found).
+    pub fn history(&self) -> History {
+        self.history.1.clone()
     }
 
     /// Connects (in the background, retrying forever) and keeps one subscription per
     /// topic the hub wants until `shutdown` resolves; then drains the connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         let client = self.connect().await?;
+        if let Some(js) = self.config.jetstream.clone() {
+            tokio::pin!(shutdown);
+            let NatsBus {
+                config,
+                hub,
+                history: (writer, _),
+            } = self;
+            crate::jetstream::run_live(
+                client.clone(),
+                hub,
+                js,
+                config.subject_prefix,
+                writer,
+                shutdown.as_mut(),
+            )
+            .await;
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(1), client.drain()).await {
+                tracing::debug!(error = %e, "NATS drain did not finish");
+            }
+            return Ok(());
+        }
         let mut state = ReadLoop {
             bus: &self,
             client: &client,

@@ -37,6 +37,7 @@ async fn setup(linger: Duration) -> Setup {
             client_buffer: 64,
             topic_linger: linger,
             max_subscribers_per_topic: 100_000,
+            durable: false,
         },
         Epoch::new("bus").unwrap(),
         HubMetrics::unregistered(),
@@ -48,6 +49,7 @@ async fn setup(linger: Duration) -> Setup {
             subject_prefix: "sse".into(),
             client_name: "sse-bus-test".into(),
             connected_gauge: gauge.clone(),
+            jetstream: None,
         },
         hub.clone(),
     );

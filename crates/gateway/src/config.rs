@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
-use sse_bus::{NatsBusConfig, ServerAddr};
+use sse_bus::{JetStreamConfig, NatsBusConfig, ServerAddr};
 use sse_hub::TopicName;
 
 /// A configuration problem, naming the file or key at fault.
@@ -213,6 +213,11 @@ pub struct RawJetStream {
     pub stream: String,
     /// Create the stream when it is missing.
     pub create: bool,
+    /// When the gateway creates the stream: how long it keeps messages.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// When the gateway creates the stream: its replicas.
+    pub replicas: usize,
 }
 
 impl Default for RawJetStream {
@@ -221,6 +226,8 @@ impl Default for RawJetStream {
             enabled: false,
             stream: "SSE".into(),
             create: true,
+            max_age: Duration::from_secs(24 * 3600),
+            replicas: 1,
         }
     }
 }
@@ -249,11 +256,9 @@ pub struct Config {
     /// `[sse]`
     pub sse: SseSettings,
     /// `[limits]`
-    #[allow(
-        dead_code,
-        reason = "admission control enforces these; it is not wired in yet"
-    )]
     pub limits: LimitSettings,
+    /// `[jetstream]`, when enabled.
+    pub jetstream: Option<JetStreamConfig>,
 }
 
 /// `[server]`, validated.
@@ -301,10 +306,6 @@ pub struct SseSettings {
 
 /// `[limits]`, validated.
 #[derive(Debug, Clone)]
-#[allow(
-    dead_code,
-    reason = "admission control enforces these; it is not wired in yet"
-)]
 pub struct LimitSettings {
     /// Global stream cap.
     pub max_connections: u64,
@@ -344,15 +345,31 @@ impl Config {
             limits,
             jetstream,
         } = raw;
-        if jetstream.enabled {
+        if jetstream.stream.is_empty()
+            || jetstream
+                .stream
+                .chars()
+                .any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+        {
             return Err(invalid(
-                "jetstream.enabled",
-                "JetStream-backed topics are not available in this build; set it to false",
+                "jetstream.stream",
+                format!(
+                    "{:?} is not a stream name (no spaces, '.', '*', '>', '/')",
+                    jetstream.stream
+                ),
             ));
         }
-        if jetstream.stream.is_empty() {
-            return Err(invalid("jetstream.stream", "must not be empty"));
-        }
+        let replicas = in_range("jetstream.replicas", jetstream.replicas, 1, 5)?;
+        let jetstream = if jetstream.enabled {
+            Some(JetStreamConfig {
+                stream: jetstream.stream,
+                create: jetstream.create,
+                max_age: jetstream.max_age,
+                replicas,
+            })
+        } else {
+            None
+        };
         let server = ServerSettings {
             listen: socket_addr("server.listen", &server.listen)?,
             threads: in_range("server.threads", server.threads, 1, 1024)?,
@@ -448,6 +465,7 @@ impl Config {
             },
             sse,
             limits,
+            jetstream,
         })
     }
 }
@@ -560,7 +578,8 @@ mod tests {
                 "limits.trusted_proxies",
             ),
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
-            ("[jetstream]\nenabled = true\n", "jetstream.enabled"),
+            ("[jetstream]\nstream = \"a.b\"\n", "jetstream.stream"),
+            ("[jetstream]\nreplicas = 0\n", "jetstream.replicas"),
         ] {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(key), "{text:?} gave {e:?}");

@@ -121,11 +121,19 @@ fn run(config: Config) -> anyhow::Result<()> {
             topic_linger: config.sse.topic_linger,
             max_subscribers_per_topic: usize::try_from(config.limits.max_subscribers_per_topic)
                 .unwrap_or(usize::MAX),
+            durable: config.jetstream.is_some(),
         },
-        Epoch::generate(),
+        // With JetStream the ids follow the stream (its epoch is set once it is found).
+        if config.jetstream.is_some() {
+            Epoch::new("pending").unwrap_or_else(|_| Epoch::generate())
+        } else {
+            Epoch::generate()
+        },
         metrics.hub.clone(),
     );
-    tracing::info!(epoch = %hub.epoch(), "event ids of this run carry this epoch");
+    if config.jetstream.is_none() {
+        tracing::info!(epoch = %hub.epoch(), "event ids of this run carry this epoch");
+    }
     let gateway = Gateway::new(config, hub, metrics);
     let server_conf = &gateway.config.server;
 

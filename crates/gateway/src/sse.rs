@@ -130,7 +130,7 @@ where
     let gateway = gateway.clone();
     tokio::spawn(async move {
         let Admitted {
-            sub,
+            mut sub,
             slot,
             guard,
             framing,
@@ -138,6 +138,12 @@ where
         } = admitted;
         let started = Instant::now();
         let topics: Vec<String> = sub.topic_names().map(|t| t.to_string()).collect();
+        if let Some((request, sink)) = sub.take_replay() {
+            // Older than the rings: from JetStream, ahead of the live frames.
+            if let Some(history) = gateway.history.get() {
+                tokio::spawn(history.clone().replay(request, sink));
+            }
+        }
         let report =
             sse_hub::serve(io, sub, Bytes::from_static(head), framing, &gateway.writer).await;
         tracing::debug!(

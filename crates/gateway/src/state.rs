@@ -1,11 +1,13 @@
 //! What every part of the running gateway shares.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use std::num::NonZeroU32;
 
 use sse_admission::{Caps, RateLimiter};
+use sse_bus::History;
 use sse_hub::{Hub, WriterConfig};
 use tokio::sync::Notify;
 
@@ -27,6 +29,8 @@ pub struct Gateway {
     pub rate: RateLimiter,
     /// Connection caps (global and per client address).
     pub caps: Arc<Caps>,
+    /// Replays from JetStream (set when JetStream is enabled).
+    pub history: OnceLock<History>,
     draining: AtomicBool,
     /// Notified when the last stream ends.
     streams_gone: Notify,
@@ -42,6 +46,10 @@ impl Gateway {
             client_buffer: config.sse.client_buffer,
             max_write_frames: config.sse.client_buffer,
             max_write_bytes: 256 * 1024,
+            // Streams end spread over most of the grace period, each told to come back
+            // soon (to another instance) but not all at once.
+            drain_spread: config.server.grace_period.mul_f64(0.75),
+            drain_retry: config.sse.retry.min(Duration::from_secs(1)),
         };
         let limits = &config.limits;
         let rate = RateLimiter::new(
@@ -50,6 +58,7 @@ impl Gateway {
         );
         let caps = Caps::new(limits.max_connections, limits.max_connections_per_ip);
         Arc::new(Self {
+            history: OnceLock::new(),
             rate,
             caps,
             config,

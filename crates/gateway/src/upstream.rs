@@ -27,11 +27,15 @@ impl UpstreamService {
             NatsBusConfig {
                 servers: nats.servers.clone(),
                 subject_prefix: nats.subject_prefix.clone(),
-                client_name: format!("sse-gateway {}", gateway.hub.epoch()),
+                client_name: format!("sse-gateway {}", std::process::id()),
                 connected_gauge: gateway.metrics.nats_connected.clone(),
+                jetstream: gateway.config.jetstream.clone(),
             },
             gateway.hub.clone(),
         );
+        if gateway.config.jetstream.is_some() {
+            let _ = gateway.history.set(bus.history());
+        }
         Self {
             bus: Mutex::new(Some(bus)),
             gateway,

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::id::{Epoch, IdFormatter, parse_id};
 use crate::metrics::HubMetrics;
+use crate::replay::ReplayRequest;
 use crate::ring::{Entry, Ring};
 use crate::subscription::{Cursor, Subscription};
 use crate::topic::TopicName;
@@ -56,6 +57,10 @@ pub struct HubConfig {
     pub topic_linger: Duration,
     /// Streams one topic may have at once.
     pub max_subscribers_per_topic: usize,
+    /// Topics are backed by a durable log (JetStream): ids are log positions, an outage
+    /// loses nothing (no `upstream_gap`), and ids older than the rings are replayed from
+    /// the log (see [`crate::ReplayRequest`]).
+    pub durable: bool,
 }
 
 /// Why a stream could not be registered.
@@ -107,28 +112,58 @@ pub struct Hub {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub config: HubConfig,
-    pub epoch: Epoch,
+    pub epoch: RwLock<Epoch>,
     pub metrics: HubMetrics,
-    topics: Mutex<HashMap<TopicName, Arc<Topic>>>,
+    pub topics: Mutex<Topics>,
     /// Held while a sequence is assigned and its frame pushed, so frames enter the
     /// rings in sequence order.
-    ingest: Mutex<IngestState>,
+    pub ingest: Mutex<IngestState>,
     /// The highest sequence whose frame is in its ring.
     pub watermark: AtomicU64,
-    connected: AtomicBool,
-    ever_connected: AtomicBool,
+    pub connected: AtomicBool,
+    pub ever_connected: AtomicBool,
+    /// Durable mode: the log position is known and the live consumer runs.
+    pub log_started: AtomicBool,
     pub closing: AtomicBool,
     demand: Mutex<HashSet<TopicName>>,
     demand_notify: Notify,
     /// Bumped when a topic's upstream subscription is confirmed or the connection
     /// state changes; waiters re-check their topics.
-    readiness: watch::Sender<u64>,
+    pub readiness: watch::Sender<u64>,
+}
+
+/// The active topics, and among them the wildcard ones (for log-mode routing).
+#[derive(Debug, Default)]
+pub(crate) struct Topics {
+    pub by_name: HashMap<TopicName, Arc<Topic>>,
+    pub wildcards: Vec<Arc<Topic>>,
+}
+
+impl Topics {
+    fn insert(&mut self, topic: Arc<Topic>) {
+        if topic.name.is_wildcard() {
+            self.wildcards.push(topic.clone());
+        }
+        self.by_name.insert(topic.name.clone(), topic);
+    }
+
+    /// Every topic a message on `subject` (a topic name without wildcards) belongs to.
+    pub fn matching(&self, subject: &str) -> Vec<Arc<Topic>> {
+        let mut found: Vec<Arc<Topic>> = self.by_name.get(subject).cloned().into_iter().collect();
+        found.extend(
+            self.wildcards
+                .iter()
+                .filter(|t| crate::topic::matches(t.name.as_str(), subject))
+                .cloned(),
+        );
+        found
+    }
 }
 
 #[derive(Debug)]
-struct IngestState {
-    seq: u64,
-    ids: IdFormatter,
+pub(crate) struct IngestState {
+    pub seq: u64,
+    pub ids: IdFormatter,
 }
 
 /// One active topic.
@@ -140,15 +175,15 @@ pub(crate) struct Topic {
     pub head: AtomicU64,
     pub notify: Arc<Notify>,
     /// A reset frame is owed to readers before the next upstream frame.
-    gap_pending: AtomicBool,
-    meta: Mutex<TopicMeta>,
+    pub gap_pending: AtomicBool,
+    pub meta: Mutex<TopicMeta>,
 }
 
 #[derive(Debug)]
-struct TopicMeta {
-    subscribers: usize,
-    idle_since: Option<Instant>,
-    upstream_ready: bool,
+pub(crate) struct TopicMeta {
+    pub subscribers: usize,
+    pub idle_since: Option<Instant>,
+    pub upstream_ready: bool,
 }
 
 impl Topic {
@@ -167,9 +202,16 @@ impl Topic {
         }
     }
 
-    fn push(&self, entry: Entry) {
+    pub(crate) fn push(&self, entry: Entry) {
         let mut ring = self.ring.write();
         ring.push(entry);
+        self.head.store(ring.head_pos(), Ordering::Release);
+    }
+
+    /// Forgets the ring's frames: ids of another log epoch.
+    pub(crate) fn restart_ring(&self, complete_after: u64) {
+        let mut ring = self.ring.write();
+        ring.clear(complete_after);
         self.head.store(ring.head_pos(), Ordering::Release);
     }
 
@@ -187,6 +229,11 @@ impl Topic {
 enum Resume {
     Live,
     From(u64),
+    /// Durable mode: older than the rings (or not checkable yet): from the log.
+    FromLog {
+        epoch: String,
+        after: u64,
+    },
     Reset(ResetReason),
 }
 
@@ -197,13 +244,14 @@ impl Hub {
         Self {
             inner: Arc::new(Inner {
                 config,
-                epoch,
+                epoch: RwLock::new(epoch),
                 metrics,
-                topics: Mutex::new(HashMap::new()),
+                topics: Mutex::new(Topics::default()),
                 ingest: Mutex::new(IngestState { seq: 0, ids }),
                 watermark: AtomicU64::new(0),
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
+                log_started: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
                 demand: Mutex::new(HashSet::new()),
                 demand_notify: Notify::new(),
@@ -213,8 +261,8 @@ impl Hub {
     }
 
     /// The epoch of this hub's ids.
-    pub fn epoch(&self) -> &Epoch {
-        &self.inner.epoch
+    pub fn epoch(&self) -> Epoch {
+        self.inner.epoch.read().clone()
     }
 
     /// The hub's settings.
@@ -229,7 +277,7 @@ impl Hub {
 
     /// Number of topics that currently want an upstream subscription.
     pub fn topic_count(&self) -> usize {
-        self.inner.topics.lock().len()
+        self.inner.topics.lock().by_name.len()
     }
 
     /// Number of subscribers of `topic` (0 when it is not active).
@@ -237,6 +285,7 @@ impl Hub {
         self.inner
             .topics
             .lock()
+            .by_name
             .get(topic)
             .map_or(0, |t| t.meta.lock().subscribers)
     }
@@ -277,31 +326,43 @@ impl Hub {
         // Every frame up to the watermark is in its ring; the positions below are
         // computed against it so that all topics of the stream agree.
         let watermark = inner.watermark.load(Ordering::Acquire);
-        let mut resume = match last_event_id {
-            None => Resume::Live,
-            Some(text) => match parse_id(text) {
-                None => Resume::Reset(ResetReason::MalformedId),
-                Some(id) if id.epoch != inner.epoch.as_str() || id.seq > watermark => {
-                    Resume::Reset(ResetReason::UnknownId)
-                }
-                Some(id) => Resume::From(id.seq),
-            },
-        };
-        if let Resume::From(seq) = resume {
-            let window = inner.config.replay_window;
-            if handles
+        let durable = inner.config.durable;
+        let epoch = self.epoch();
+        let window = inner.config.replay_window;
+        let in_rings = |seq: u64| {
+            handles
                 .iter()
-                .any(|t| seq < t.ring.read().replay_floor(window))
-            {
-                resume = Resume::Reset(ResetReason::HistoryExpired);
+                .all(|t| seq >= t.ring.read().replay_floor(window))
+        };
+        let resume = match last_event_id.map(|text| (text, parse_id(text))) {
+            None => Resume::Live,
+            Some((_, None)) => Resume::Reset(ResetReason::MalformedId),
+            Some((_, Some(id))) if durable => {
+                let started = inner.log_started.load(Ordering::Acquire);
+                if started && id.epoch == epoch.as_str() && id.seq <= watermark && in_rings(id.seq)
+                {
+                    Resume::From(id.seq)
+                } else {
+                    // The log knows (or will, once reachable) whether it still holds
+                    // everything after this id.
+                    Resume::FromLog {
+                        epoch: id.epoch.to_owned(),
+                        after: id.seq,
+                    }
+                }
             }
-        }
+            Some((_, Some(id))) if id.epoch != epoch.as_str() || id.seq > watermark => {
+                Resume::Reset(ResetReason::UnknownId)
+            }
+            Some((_, Some(id))) if !in_rings(id.seq) => Resume::Reset(ResetReason::HistoryExpired),
+            Some((_, Some(id))) => Resume::From(id.seq),
+        };
         let after = match resume {
             Resume::From(seq) => seq,
-            Resume::Live | Resume::Reset(_) => watermark,
+            Resume::Live | Resume::Reset(_) | Resume::FromLog { .. } => watermark,
         };
         let mut replayed = 0;
-        let cursors = handles
+        let cursors: Vec<Cursor> = handles
             .into_iter()
             .map(|topic| {
                 let pos = {
@@ -319,9 +380,25 @@ impl Hub {
         inner.metrics.replayed_events.inc_by(replayed);
         let reset = match resume {
             Resume::Reset(reason) => Some(self.reset_frame(watermark, reason)),
-            Resume::Live | Resume::From(_) => None,
+            Resume::Live | Resume::From(_) | Resume::FromLog { .. } => None,
         };
-        Ok(Subscription::new(self.clone(), cursors, reset, replayed))
+        let replay = match resume {
+            Resume::FromLog { epoch, after } => Some(ReplayRequest {
+                topics: unique,
+                epoch,
+                after,
+                upto: inner
+                    .log_started
+                    .load(Ordering::Acquire)
+                    .then_some(watermark),
+            }),
+            _ => None,
+        };
+        let mut sub = Subscription::new(self.clone(), cursors, reset, replayed);
+        if let Some(request) = replay {
+            sub.start_replay(request);
+        }
+        Ok(sub)
     }
 
     /// Gets or creates `name` and takes one subscriber slot on it.
@@ -329,7 +406,7 @@ impl Hub {
         let inner = &self.inner;
         let max = inner.config.max_subscribers_per_topic;
         let mut topics = inner.topics.lock();
-        if let Some(topic) = topics.get(name) {
+        if let Some(topic) = topics.by_name.get(name) {
             let mut meta = topic.meta.lock();
             if meta.subscribers >= max {
                 return Err(SubscribeError::TopicFull {
@@ -347,18 +424,27 @@ impl Hub {
                 max,
             });
         }
-        // A new topic knows nothing published before now, not even at the current
-        // watermark: resuming on it from any existing id must be refused.
-        let complete_after = inner.watermark.load(Ordering::Acquire) + 1;
+        // A new topic knows nothing published before now. With core subscriptions not
+        // even at the current watermark (its own upstream subscription is only being
+        // made): resuming on it from any existing id is refused. A durable log's live
+        // consumer reads every subject, so after the watermark nothing is missed.
+        let watermark = inner.watermark.load(Ordering::Acquire);
+        let complete_after = if inner.config.durable {
+            watermark
+        } else {
+            watermark + 1
+        };
         let capacity = inner.config.replay_window.max(inner.config.client_buffer);
         let topic = Arc::new(Topic::new(name.clone(), capacity, complete_after));
         topic.meta.lock().subscribers = 1;
-        if !inner.connected.load(Ordering::Acquire) && inner.ever_connected.load(Ordering::Acquire)
+        if !inner.config.durable
+            && !inner.connected.load(Ordering::Acquire)
+            && inner.ever_connected.load(Ordering::Acquire)
         {
             topic.gap_pending.store(true, Ordering::Release);
         }
-        topics.insert(name.clone(), topic.clone());
-        inner.metrics.topics_active.set(topics.len() as i64);
+        topics.insert(topic.clone());
+        inner.metrics.topics_active.set(topics.by_name.len() as i64);
         drop(topics);
         self.mark_demand(name);
         Ok(topic)
@@ -374,7 +460,13 @@ impl Hub {
             if !self.inner.connected.load(Ordering::Acquire) {
                 return false;
             }
-            if sub.topics().all(|t| t.meta.lock().upstream_ready) {
+            let ready = if self.inner.config.durable {
+                // One consumer reads every subject of the log.
+                self.inner.log_started.load(Ordering::Acquire)
+            } else {
+                sub.topics().all(|t| t.meta.lock().upstream_ready)
+            };
+            if ready {
                 return true;
             }
             if tokio::time::timeout_at(deadline, changes.changed())
@@ -386,138 +478,13 @@ impl Hub {
         }
     }
 
-    // ----- ingest ------------------------------------------------------------------
-
-    /// Validates, encodes once and stores an upstream message for `topic`, then wakes
-    /// the topic's readers.
-    pub fn ingest(&self, topic: &TopicName, msg: Incoming) -> Ingested {
-        let inner = &self.inner;
-        let metrics = &inner.metrics;
-        metrics.upstream_messages.inc();
-        let Ok(data) = std::str::from_utf8(&msg.payload) else {
-            metrics.dropped_invalid_utf8.inc();
-            return Ingested::InvalidUtf8;
-        };
-        if let Some(event) = msg.event_type.as_deref()
-            && (sse_framing::validate_event_type(event).is_err() || event.starts_with("gateway."))
-        {
-            metrics.dropped_invalid_event_type.inc();
-            return Ingested::InvalidEventType;
-        }
-        let Some(topic) = inner.topics.lock().get(topic).cloned() else {
-            return Ingested::NoSuchTopic;
-        };
-        if topic.gap_pending.load(Ordering::Acquire) {
-            // The first message after an outage: its reset frame goes first.
-            self.push_gaps(self.all_topics(), true);
-        }
-        let seq = {
-            let mut ingest = inner.ingest.lock();
-            ingest.seq += 1;
-            let seq = ingest.seq;
-            let id = ingest.ids.format(seq);
-            let mut frame = BytesMut::with_capacity(sse_framing::encoded_event_len(
-                Some(id),
-                msg.event_type.as_deref(),
-                data,
-            ));
-            sse_framing::encode_event(&mut frame, Some(id), msg.event_type.as_deref(), data);
-            topic.push(Entry {
-                seq,
-                frame: frame.freeze(),
-                received: msg.received,
-            });
-            inner.watermark.store(seq, Ordering::Release);
-            seq
-        };
-        topic.notify.notify_waiters();
-        Ingested::Stored(seq)
-    }
-
-    /// Puts a `gateway.reset` `upstream_gap` frame into every active topic now (upstream
-    /// reported lost messages, e.g. a slow-consumer drop inside the NATS client).
-    pub fn upstream_gap(&self) {
-        self.push_gaps(self.all_topics(), false);
-    }
-
-    fn all_topics(&self) -> Vec<Arc<Topic>> {
-        self.inner.topics.lock().values().cloned().collect()
-    }
-
-    /// Pushes ONE reset frame, under one sequence, into each of `topics` (only those
-    /// owing one when `owed_only`), so a stream over several of them gets one reset per
-    /// cause.
-    fn push_gaps(&self, topics: Vec<Arc<Topic>>, owed_only: bool) {
-        let inner = &self.inner;
-        let mut woken = Vec::new();
-        {
-            let mut ingest = inner.ingest.lock();
-            let mut entry = None;
-            for topic in topics {
-                let owed = topic.gap_pending.swap(false, Ordering::AcqRel);
-                if owed_only && !owed {
-                    continue;
-                }
-                let entry = entry.get_or_insert_with(|| {
-                    ingest.reset_entry(ResetReason::UpstreamGap, Instant::now())
-                });
-                topic.push(entry.clone());
-                woken.push(topic);
-            }
-            inner.watermark.store(ingest.seq, Ordering::Release);
-        }
-        for topic in woken {
-            topic.notify.notify_waiters();
-        }
-    }
-
-    /// The frame that tells a client its history could not be honoured; its id is the
-    /// position the client's stream continues from.
-    fn reset_frame(&self, seq: u64, reason: ResetReason) -> Bytes {
-        let mut ids = IdFormatter::new(&self.inner.epoch);
-        encode_reset(ids.format(seq), reason)
-    }
-
-    // ----- upstream connection -----------------------------------------------------
-
-    /// Records whether the upstream (NATS) connection is up.
-    ///
-    /// Losing it puts one `upstream_gap` reset into every active topic at once; topics
-    /// opened while it is down get theirs when it is back (or before their first
-    /// message, whichever comes first). Clients thus see the reset before any event of
-    /// the new connection.
-    pub fn set_connected(&self, connected: bool) {
-        let inner = &self.inner;
-        let was = inner.connected.swap(connected, Ordering::AcqRel);
-        if connected {
-            inner.ever_connected.store(true, Ordering::Release);
-            // Topics opened during the outage owe their readers a reset.
-            self.push_gaps(self.all_topics(), true);
-        } else if was {
-            // Whatever is published until the new connection is up may be lost: say so
-            // now, ahead of any message of the new connection.
-            self.push_gaps(self.all_topics(), false);
-        }
-        inner.readiness.send_modify(|v| *v += 1);
-    }
-
-    /// Whether the upstream connection is up.
-    pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Acquire)
-    }
-
-    /// Records that `topic`'s upstream subscription is in place: messages published from
-    /// now on reach the hub.
-    pub fn upstream_ready(&self, topic: &TopicName) {
-        if let Some(t) = self.inner.topics.lock().get(topic) {
-            t.meta.lock().upstream_ready = true;
-        }
-        self.inner.readiness.send_modify(|v| *v += 1);
-    }
-
     // ----- upstream demand ---------------------------------------------------------
 
     fn mark_demand(&self, topic: &TopicName) {
+        if self.inner.config.durable {
+            // One consumer reads the whole log: topics need no subscriptions of their own.
+            return;
+        }
         self.inner.demand.lock().insert(topic.clone());
         self.inner.demand_notify.notify_one();
     }
@@ -535,12 +502,12 @@ impl Hub {
 
     /// Whether `topic` wants an upstream subscription now.
     pub fn wants(&self, topic: &TopicName) -> bool {
-        self.inner.topics.lock().contains_key(topic)
+        self.inner.topics.lock().by_name.contains_key(topic)
     }
 
     /// Every topic that wants an upstream subscription now.
     pub fn wanted_topics(&self) -> Vec<TopicName> {
-        self.inner.topics.lock().keys().cloned().collect()
+        self.inner.topics.lock().by_name.keys().cloned().collect()
     }
 
     // ----- linger and shutdown -----------------------------------------------------
@@ -552,7 +519,7 @@ impl Hub {
         let mut removed = Vec::new();
         {
             let mut topics = inner.topics.lock();
-            topics.retain(|name, topic| {
+            topics.by_name.retain(|name, topic| {
                 let meta = topic.meta.lock();
                 let expired = meta.subscribers == 0
                     && meta
@@ -563,7 +530,8 @@ impl Hub {
                 }
                 !expired
             });
-            inner.metrics.topics_active.set(topics.len() as i64);
+            topics.wildcards.retain(|t| !removed.contains(&t.name));
+            inner.metrics.topics_active.set(topics.by_name.len() as i64);
         }
         for name in &removed {
             tracing::debug!(topic = %name, "topic idle past linger; dropping its upstream subscription");
@@ -588,8 +556,7 @@ impl Hub {
     /// subscriptions made afterwards end at once.
     pub fn close(&self) {
         self.inner.closing.store(true, Ordering::Release);
-        let topics: Vec<Arc<Topic>> = self.inner.topics.lock().values().cloned().collect();
-        for topic in topics {
+        for topic in self.all_topics() {
             topic.notify.notify_waiters();
         }
     }
@@ -598,27 +565,4 @@ impl Hub {
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire)
     }
-}
-
-impl IngestState {
-    fn reset_entry(&mut self, reason: ResetReason, received: Instant) -> Entry {
-        self.seq += 1;
-        let seq = self.seq;
-        Entry {
-            seq,
-            frame: encode_reset(self.ids.format(seq), reason),
-            received,
-        }
-    }
-}
-
-fn encode_reset(id: &str, reason: ResetReason) -> Bytes {
-    let data = format!(r#"{{"reason":"{}"}}"#, reason.as_str());
-    let mut frame = BytesMut::with_capacity(sse_framing::encoded_event_len(
-        Some(id),
-        Some(RESET_EVENT),
-        &data,
-    ));
-    sse_framing::encode_event(&mut frame, Some(id), Some(RESET_EVENT), &data);
-    frame.freeze()
 }

@@ -19,6 +19,7 @@
 //!         client_buffer: 8,
 //!         topic_linger: Duration::from_secs(30),
 //!         max_subscribers_per_topic: 1000,
+//!         durable: false,
 //!     },
 //!     Epoch::new("doc").unwrap(),
 //!     HubMetrics::unregistered(),
@@ -69,7 +70,9 @@
 
 mod hub;
 mod id;
+mod ingest;
 mod metrics;
+mod replay;
 mod ring;
 mod subscription;
 mod topic;
@@ -81,6 +84,7 @@ mod tests;
 pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError};
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
 pub use metrics::HubMetrics;
+pub use replay::{ReplayItem, ReplayRequest, ReplaySink, StreamGone};
 pub use subscription::{Drained, Subscription};
 pub use topic::{MAX_TOPIC_LEN, TopicError, TopicName};
 pub use writer::{BodyFraming, StreamEnd, StreamReport, WriterConfig, serve};

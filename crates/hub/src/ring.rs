@@ -58,6 +58,14 @@ impl Ring {
         self.entries.push_back(entry);
     }
 
+    /// Forgets every frame (the log the ring mirrors was replaced); the topic's history
+    /// now starts after `complete_after`. Positions keep counting up.
+    pub fn clear(&mut self, complete_after: u64) {
+        self.start_pos = self.head_pos();
+        self.entries.clear();
+        self.complete_after = complete_after;
+    }
+
     /// Position one past the newest entry.
     pub fn head_pos(&self) -> u64 {
         self.start_pos + self.entries.len() as u64

@@ -8,9 +8,11 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::futures::OwnedNotified;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{Hub, Topic};
+use crate::replay::{ReplayItem, ReplayRequest, ReplaySink};
 use crate::topic::TopicName;
 
 /// One topic of a subscription and how far this stream has read it.
@@ -58,6 +60,15 @@ pub struct Subscription {
     cursors: Vec<Cursor>,
     reset: Option<Bytes>,
     replayed: u64,
+    replay: Option<Replay>,
+}
+
+/// A replay from the durable log in progress: drained before the rings.
+struct Replay {
+    /// Until taken by whoever serves it.
+    request: Option<(ReplayRequest, ReplaySink)>,
+    rx: mpsc::Receiver<ReplayItem>,
+    peeked: Option<ReplayItem>,
 }
 
 impl fmt::Debug for Subscription {
@@ -66,6 +77,7 @@ impl fmt::Debug for Subscription {
             .field("topics", &self.topic_names().collect::<Vec<_>>())
             .field("backlog", &self.backlog())
             .field("replayed", &self.replayed)
+            .field("replaying", &self.replay.is_some())
             .finish()
     }
 }
@@ -77,7 +89,30 @@ impl Subscription {
             cursors,
             reset,
             replayed,
+            replay: None,
         }
+    }
+
+    /// Durable mode: frames before the rings come from the log.
+    pub(crate) fn start_replay(&mut self, request: ReplayRequest) {
+        let (sink, rx) = ReplaySink::channel();
+        self.replay = Some(Replay {
+            request: Some((request, sink)),
+            rx,
+            peeked: None,
+        });
+    }
+
+    /// The replay this stream needs from the durable log, if any, with the sink to send
+    /// it into. Returned once; until it is served the stream waits before its live
+    /// frames.
+    pub fn take_replay(&mut self) -> Option<(ReplayRequest, ReplaySink)> {
+        self.replay.as_mut()?.request.take()
+    }
+
+    /// Whether a replay from the log is still in progress.
+    pub fn is_replaying(&self) -> bool {
+        self.replay.is_some()
     }
 
     pub(crate) fn topics(&self) -> impl Iterator<Item = &Arc<Topic>> {
@@ -121,6 +156,12 @@ impl Subscription {
         max_frames: usize,
         max_bytes: usize,
     ) -> Drained {
+        if self.replay.is_some() {
+            let drained = self.drain_replay(out, max_frames, max_bytes);
+            if self.replay.is_some() || drained.frames > 0 {
+                return drained;
+            }
+        }
         match self.cursors.as_mut_slice() {
             [] => Drained::default(),
             [one] => drain_one(one, out, max_frames, max_bytes),
@@ -131,9 +172,23 @@ impl Subscription {
         }
     }
 
-    /// Ready when a frame may be available or the hub is closing; registers for a wake-up
-    /// otherwise. Spurious readiness is possible; drain and poll again.
+    /// Ready when a frame may be available; registers for a wake-up otherwise (closing
+    /// the hub wakes every stream too). Spurious readiness is possible; drain and poll
+    /// again.
     pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(replay) = &mut self.replay {
+            // Live frames wait until the replay is done.
+            if replay.peeked.is_some() {
+                return Poll::Ready(());
+            }
+            return match replay.rx.poll_recv(cx) {
+                Poll::Ready(item) => {
+                    replay.peeked = item;
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         if self.has_work() {
             return Poll::Ready(());
         }
@@ -173,12 +228,54 @@ impl Subscription {
     }
 
     fn has_work(&self) -> bool {
-        self.is_closing() || self.cursors.iter().any(|c| c.pending() > 0)
+        self.cursors.iter().any(|c| c.pending() > 0)
     }
 
     /// Whether the hub asked every stream to end.
     pub fn is_closing(&self) -> bool {
         self.hub.is_closing()
+    }
+}
+
+impl Subscription {
+    /// Frames from the replay in progress; ends the replay when its sender is done.
+    fn drain_replay(&mut self, out: &mut BytesMut, max_frames: usize, max_bytes: usize) -> Drained {
+        let mut drained = Drained::default();
+        let start = out.len();
+        let Some(replay) = self.replay.as_mut() else {
+            return drained;
+        };
+        while drained.frames < max_frames && (drained.frames == 0 || out.len() - start < max_bytes)
+        {
+            let item = match replay.peeked.take() {
+                Some(item) => item,
+                None => match replay.rx.try_recv() {
+                    Ok(item) => item,
+                    Err(mpsc::error::TryRecvError::Empty) => return drained,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.replay = None;
+                        return drained;
+                    }
+                },
+            };
+            let frame = match item {
+                ReplayItem::Message { seq, msg } => {
+                    let frame = self.hub.encode_logged(seq, &msg);
+                    drained.oldest.get_or_insert(msg.received);
+                    if frame.is_some() {
+                        self.replayed += 1;
+                        self.hub.metrics().replayed_events.inc();
+                    }
+                    frame
+                }
+                ReplayItem::Reset { reason, seq } => Some(self.hub.reset_frame(seq, reason)),
+            };
+            if let Some(frame) = frame {
+                out.extend_from_slice(&frame);
+                drained.frames += 1;
+            }
+        }
+        drained
     }
 }
 

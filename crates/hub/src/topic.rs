@@ -105,6 +105,22 @@ fn validate(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Whether a message on `subject` (a topic name without wildcards) belongs to topic
+/// `pattern`: `*` matches one token, a last `>` one or more.
+pub(crate) fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 impl fmt::Display for TopicName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -171,6 +187,20 @@ mod tests {
             err("a/b", false),
             TopicError::InvalidChar { ch: '/', at: 1 }
         );
+    }
+
+    #[test]
+    fn pattern_matching() {
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.c"));
+        assert!(matches("a.*", "a.b"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(!matches("a.*", "a"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(matches(">", "x"));
+        assert!(matches("*.b.>", "a.b.c.d"));
+        assert!(!matches("a.b", "a.b.c"));
     }
 
     #[test]

@@ -50,6 +50,11 @@ pub struct WriterConfig {
     pub max_write_frames: usize,
     /// Upper bound on one coalesced write, in bytes (at least one frame is written).
     pub max_write_bytes: usize,
+    /// When the hub closes, each stream ends at a random moment within this, so that
+    /// its clients do not all reconnect at once; until then it keeps streaming.
+    pub drain_spread: Duration,
+    /// The `retry:` sent when a stream ends for shutdown: a short delay, jittered ±50%.
+    pub drain_retry: Duration,
 }
 
 /// Why a stream ended.
@@ -110,6 +115,11 @@ where
 
 enum Phase {
     Streaming,
+    /// The hub is closing; this stream still streams until `close_at`.
+    Draining {
+        close_at: Instant,
+    },
+    /// The goodbye is queued.
     Closing,
 }
 
@@ -176,6 +186,14 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
         for _ in 0..MAX_ROUNDS {
             if matches!(self.phase, Phase::Streaming) && self.sub.is_closing() {
+                let spread = self.config.drain_spread.mul_f64(fastrand::f64());
+                self.phase = Phase::Draining {
+                    close_at: Instant::now() + spread,
+                };
+            }
+            if let Phase::Draining { close_at } = self.phase
+                && Instant::now() >= close_at
+            {
                 self.begin_close();
             }
             match self.poll_flush_out(cx) {
@@ -200,7 +218,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 return Poll::Ready(self.finish(StreamEnd::Shutdown));
             }
             match self.fill(cx) {
-                Fill::Frames | Fill::Closing => continue,
+                Fill::Frames => continue,
                 Fill::Lost(dropped) => return Poll::Ready(self.cut_slow(dropped)),
                 Fill::Idle => return self.poll_timer(cx),
             }
@@ -284,9 +302,6 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     /// Moves the next frames from the hub into `out` (which is empty).
     fn fill(&mut self, cx: &mut Context<'_>) -> Fill {
         debug_assert!(self.out.is_empty());
-        if self.sub.is_closing() {
-            return Fill::Closing;
-        }
         if self.sub.poll_ready(cx).is_pending() {
             self.out = BytesMut::new();
             return Fill::Idle;
@@ -328,7 +343,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
 
     /// With a write pending: cut the client if it is too far behind.
     fn check_slow_consumer(&mut self) -> Option<StreamEnd> {
-        if !matches!(self.phase, Phase::Streaming) {
+        if matches!(self.phase, Phase::Closing) {
             return None;
         }
         let behind = self.sub.backlog() + self.out_frames as u64;
@@ -354,9 +369,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     /// Heartbeat, write timeout and closing deadline share one timer.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
         loop {
+            let heartbeat = self.last_write + self.config.heartbeat;
             let deadline = match (&self.phase, self.blocked_since) {
                 (_, Some(since)) => since + self.config.write_timeout,
-                (Phase::Streaming, None) => self.last_write + self.config.heartbeat,
+                (Phase::Streaming, None) => heartbeat,
+                (Phase::Draining { close_at }, None) => heartbeat.min(*close_at),
                 // Closing with nothing blocked cannot wait here; poll() finishes it.
                 (Phase::Closing, None) => return Poll::Pending,
             };
@@ -369,6 +386,13 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             if self.blocked_since.is_some() {
                 self.sub.hub().metrics().write_timeouts.inc();
                 return Poll::Ready(self.finish(StreamEnd::WriteTimeout));
+            }
+            if let Phase::Draining { close_at } = self.phase
+                && Instant::now() >= close_at
+            {
+                // This stream's turn to end: poll() sends the goodbye.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             // Silence for a whole heartbeat: send a comment.
             let mut body = BytesMut::with_capacity(16);
@@ -385,11 +409,13 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
     }
 
-    /// Queues the final `retry:` and the end of the body after whatever is pending.
+    /// Queues the final `retry:` (short and jittered, so that clients come back soon but
+    /// not all at once) and the end of the body after whatever is pending.
     fn begin_close(&mut self) {
         self.phase = Phase::Closing;
         let mut body = BytesMut::with_capacity(24);
-        sse_framing::encode_retry(&mut body, millis(self.config.retry));
+        let retry = self.config.drain_retry.mul_f64(0.5 + fastrand::f64());
+        sse_framing::encode_retry(&mut body, millis(retry));
         body.extend_from_slice(b"\n");
         self.push_chunk(&body);
         if let BodyFraming::Chunked = self.framing {
@@ -434,7 +460,6 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
 
 enum Fill {
     Frames,
-    Closing,
     Lost(u64),
     Idle,
 }

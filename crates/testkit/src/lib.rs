@@ -4,6 +4,9 @@
 //! - [`NatsServer`] — a real `nats-server` (JetStream on) on free loopback ports, in its
 //!   own temporary directory; `kill`/`restart` for outage tests; `subscriptions()` shows
 //!   what the gateway subscribed upstream. Dropping it kills the server.
+//! - [`NatsCluster`] — `n` routed `nats-server` nodes with clustered JetStream, ready
+//!   once the meta leader is elected; kill/restart single nodes, find which node holds a
+//!   named client connection. Dropping it kills every node.
 //! - [`Gateway`] — the gateway binary with a rendered config, started and awaited until
 //!   admin `/healthz` is 200; SIGTERM/SIGKILL, restart, metrics, log. Dropping it kills
 //!   the process.
@@ -39,6 +42,7 @@
 //! ```
 
 pub mod chunked;
+pub mod cluster;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
@@ -46,6 +50,7 @@ pub mod nats;
 pub mod sse;
 pub mod wait;
 
+pub use cluster::NatsCluster;
 pub use gateway::{Gateway, GatewayBuilder, check_config, run_config};
 pub use metrics::{Metrics, Sample};
 pub use nats::{NatsServer, nats_server_bin};

@@ -14,6 +14,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -22,38 +23,52 @@ use tempfile::TempDir;
 use crate::http;
 use crate::wait::free_ports;
 
-/// How long a starting server may take to answer `/healthz` with 200.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a (re)starting server may take to answer `/healthz` with 200.
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long [`NatsServer::restart`] keeps retrying while the old ports are still taken.
 const RESTART_RETRY: Duration = Duration::from_secs(5);
-/// Fresh port pairs [`NatsServer::start`] tries when a picked port was taken meanwhile.
-const START_ATTEMPTS: usize = 5;
+/// Fresh port sets [`NatsServer::start`] (and `NatsCluster::start`) try when a picked
+/// port was taken meanwhile.
+pub(crate) const START_ATTEMPTS: usize = 5;
 
 /// A running `nats-server`; see the [module docs](self).
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Option<Child>,
-    launch: Launch,
-    // Dropped after `Drop::drop` has killed the process.
+    process: ServerProcess,
+    // Dropped after `process`, which kills the server on drop.
     _dir: TempDir,
 }
 
 /// Everything needed to (re)start the same server.
 #[derive(Debug, Clone)]
-struct Launch {
-    bin: PathBuf,
-    port: u16,
-    monitor_port: u16,
-    store_dir: PathBuf,
-    log_path: PathBuf,
+pub(crate) struct Launch {
+    pub(crate) bin: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) monitor_port: u16,
+    pub(crate) store_dir: PathBuf,
+    pub(crate) log_path: PathBuf,
+    /// Start with `-c <file> -l <log>` instead of command-line flags; the file must set
+    /// the same client and monitoring ports and store directory.
+    pub(crate) config_file: Option<PathBuf>,
+    /// The readiness probe: `/healthz`, possibly with query parameters.
+    pub(crate) healthz_path: &'static str,
 }
 
 /// Why a launch failed.
-enum LaunchError {
+pub(crate) enum LaunchError {
     /// The process exited before it was ready (typically: a port was taken).
     Exited(anyhow::Error),
     /// Anything else.
     Other(anyhow::Error),
+}
+
+/// One server process that can be killed and restarted with the same [`Launch`]. Dropping
+/// it kills the process.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    // A mutex so that `is_alive(&self)` can reap an exited process.
+    child: Mutex<Option<Child>>,
+    launch: Launch,
 }
 
 impl NatsServer {
@@ -76,12 +91,13 @@ impl NatsServer {
                 monitor_port: ports[1],
                 store_dir: dir.path().join("js"),
                 log_path: dir.path().join("nats-server.log"),
+                config_file: None,
+                healthz_path: "/healthz",
             };
             match launch.run(Instant::now() + READY_TIMEOUT) {
                 Ok(child) => {
                     return Ok(NatsServer {
-                        child: Some(child),
-                        launch,
+                        process: ServerProcess::new(child, launch),
                         _dir: dir,
                     });
                 }
@@ -98,27 +114,27 @@ impl NatsServer {
 
     /// The client port.
     pub fn port(&self) -> u16 {
-        self.launch.port
+        self.process.launch.port
     }
 
     /// The HTTP monitoring port (`/healthz`, `/connz`, `/varz`, …).
     pub fn monitor_port(&self) -> u16 {
-        self.launch.monitor_port
+        self.process.launch.monitor_port
     }
 
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.launch.port)
+        self.process.launch.url()
     }
 
     /// The JetStream store directory (kept across [`Self::restart`]).
     pub fn store_dir(&self) -> &Path {
-        &self.launch.store_dir
+        &self.process.launch.store_dir
     }
 
     /// The process id, while the server runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// A new client connection to this server.
@@ -131,17 +147,87 @@ impl NatsServer {
     /// Kills the server with SIGKILL and waits for it to exit. Idempotent. Clients see a
     /// dropped connection; [`Self::restart`] brings the server back.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // Errors mean it already exited; `wait` reaps it either way.
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Kills the server if it runs, then starts it again on the same ports with the same
     /// JetStream store, retrying for a few seconds while a port is still taken, and waits
     /// until it is ready.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.process.restart().await
+    }
+
+    /// `GET /connz?subs=1` from the monitoring port, as JSON.
+    pub async fn connz(&self) -> anyhow::Result<serde_json::Value> {
+        self.monitor("/connz?subs=1").await
+    }
+
+    /// Every subscription subject of every client connection (`connections[]
+    /// .subscriptions_list` of `/connz?subs=1`), in server order, duplicates kept.
+    pub async fn subscriptions(&self) -> anyhow::Result<Vec<String>> {
+        let connz = self.connz().await?;
+        subscriptions_of(&connz)
+    }
+
+    /// `GET path` from the monitoring port, as JSON; non-200 is an error.
+    pub async fn monitor(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        self.process.monitor(path).await
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+impl ServerProcess {
+    pub(crate) fn new(child: Child, launch: Launch) -> ServerProcess {
+        ServerProcess {
+            child: Mutex::new(Some(child)),
+            launch,
+        }
+    }
+
+    pub(crate) fn launch(&self) -> &Launch {
+        &self.launch
+    }
+
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The process id, unless killed (also while a crashed process is not yet reaped by
+    /// [`Self::kill`] or [`Self::restart`]).
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child().as_ref().map(Child::id)
+    }
+
+    /// True while the process runs: started, not killed and not exited by itself.
+    pub(crate) fn is_alive(&self) -> bool {
+        match self.child().as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// SIGKILL and wait for the exit. Idempotent.
+    pub(crate) fn kill(&mut self) {
+        let child = self
+            .child
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut child) = child {
+            // Errors mean it already exited; `wait` reaps it either way.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process if it runs, then starts it again with the same launch (ports,
+    /// store, config), retrying for a few seconds while a port is still taken, and waits
+    /// until `/healthz` is 200.
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let launch = self.launch.clone();
         let child = tokio::task::spawn_blocking(move || {
@@ -159,24 +245,12 @@ impl NatsServer {
         })
         .await
         .context("restart task failed")??;
-        self.child = Some(child);
+        *self.child.get_mut().unwrap_or_else(PoisonError::into_inner) = Some(child);
         Ok(())
     }
 
-    /// `GET /connz?subs=1` from the monitoring port, as JSON.
-    pub async fn connz(&self) -> anyhow::Result<serde_json::Value> {
-        self.monitor("/connz?subs=1").await
-    }
-
-    /// Every subscription subject of every client connection (`connections[]
-    /// .subscriptions_list` of `/connz?subs=1`), in server order, duplicates kept.
-    pub async fn subscriptions(&self) -> anyhow::Result<Vec<String>> {
-        let connz = self.connz().await?;
-        subscriptions_of(&connz)
-    }
-
     /// `GET path` from the monitoring port, as JSON; non-200 is an error.
-    pub async fn monitor(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn monitor(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.launch.monitor_port));
         let response = http::get(addr, path, &[]).await?;
         if response.status != 200 {
@@ -189,13 +263,13 @@ impl NatsServer {
         response.json()
     }
 
-    /// The server's log so far (for failure messages).
-    pub fn log(&self) -> String {
+    /// The log so far.
+    pub(crate) fn log(&self) -> String {
         read_log(&self.launch.log_path)
     }
 }
 
-impl Drop for NatsServer {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
     }
@@ -229,9 +303,25 @@ fn subscriptions_of(connz: &serde_json::Value) -> anyhow::Result<Vec<String>> {
 }
 
 impl Launch {
+    /// `nats://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
     /// Spawns the server and waits until `/healthz` answers 200 or `deadline` passes.
-    fn run(&self, deadline: Instant) -> Result<Child, LaunchError> {
-        let mut child = self.spawn().map_err(LaunchError::Other)?;
+    pub(crate) fn run(&self, deadline: Instant) -> Result<Child, LaunchError> {
+        let child = self.spawn().map_err(LaunchError::Other)?;
+        self.wait_ready(child, deadline)
+    }
+
+    /// Polls the readiness probe (`healthz_path`) of the spawned `child` until it answers 200. Kills the child when
+    /// `deadline` passes first; an exit during start-up is [`LaunchError::Exited`].
+    pub(crate) fn wait_ready(
+        &self,
+        mut child: Child,
+        deadline: Instant,
+    ) -> Result<Child, LaunchError> {
+        let started = Instant::now();
         loop {
             match child.try_wait() {
                 Ok(Some(status)) => {
@@ -251,14 +341,19 @@ impl Launch {
                     ));
                 }
             }
-            if healthz_ok(self.monitor_port) {
+            if healthz_ok(self.monitor_port, self.healthz_path) {
                 return Ok(child);
             }
             if Instant::now() >= deadline {
+                let last = healthz_text(self.monitor_port, self.healthz_path);
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(LaunchError::Other(anyhow::anyhow!(
-                    "nats-server not healthy within {READY_TIMEOUT:?}; log:\n{}",
+                    "nats-server (ports {}/{}) not healthy within {:?}; last {}: {last}; log:\n{}",
+                    self.port,
+                    self.monitor_port,
+                    started.elapsed(),
+                    self.healthz_path,
                     read_log(&self.log_path)
                 )));
             }
@@ -266,23 +361,28 @@ impl Launch {
         }
     }
 
-    fn spawn(&self) -> anyhow::Result<Child> {
+    pub(crate) fn spawn(&self) -> anyhow::Result<Child> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("open {}", self.log_path.display()))?;
         let log_err = log.try_clone().context("clone log file handle")?;
-        Command::new(&self.bin)
-            .arg("-a")
-            .arg("127.0.0.1")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-m")
-            .arg(self.monitor_port.to_string())
-            .arg("-js")
-            .arg("-sd")
-            .arg(&self.store_dir)
+        let mut command = Command::new(&self.bin);
+        match &self.config_file {
+            Some(config_file) => command.arg("-c").arg(config_file),
+            None => command
+                .arg("-a")
+                .arg("127.0.0.1")
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg("-m")
+                .arg(self.monitor_port.to_string())
+                .arg("-js")
+                .arg("-sd")
+                .arg(&self.store_dir),
+        };
+        command
             .arg("-l")
             .arg(&self.log_path)
             .stdin(Stdio::null())
@@ -293,22 +393,40 @@ impl Launch {
     }
 }
 
-/// One blocking `GET /healthz` on the monitoring port; true on status 200.
-fn healthz_ok(monitor_port: u16) -> bool {
-    let attempt = || -> std::io::Result<bool> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], monitor_port));
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-        stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        stream.write_all(
-            format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
-        Ok(response.starts_with(b"HTTP/1.1 200 ") || response.starts_with(b"HTTP/1.0 200 "))
-    };
-    attempt().unwrap_or(false)
+/// One blocking `GET <path>` (`/healthz…`) on the monitoring port; true on status 200.
+fn healthz_ok(monitor_port: u16, path: &str) -> bool {
+    healthz_get(monitor_port, path).is_ok_and(|response| {
+        response.starts_with(b"HTTP/1.1 200 ") || response.starts_with(b"HTTP/1.0 200 ")
+    })
+}
+
+/// The body of one blocking `GET <path>` (`/healthz…`), or why it failed, for error
+/// messages: e.g. `JetStream has not established contact with a meta leader`.
+fn healthz_text(monitor_port: u16, path: &str) -> String {
+    match healthz_get(monitor_port, path) {
+        Ok(response) => {
+            let response = String::from_utf8_lossy(&response);
+            match response.split_once("\r\n\r\n") {
+                Some((_, body)) => body.trim().to_owned(),
+                None => response.into_owned(),
+            }
+        }
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// The raw response of one blocking `GET <path>` on the monitoring port.
+fn healthz_get(monitor_port: u16, path: &str) -> std::io::Result<Vec<u8>> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], monitor_port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    Ok(response)
 }
 
 fn read_log(path: &Path) -> String {

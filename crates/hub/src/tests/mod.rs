@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accounting;
+mod durable;
 mod hub;
 mod writer;
 
@@ -19,6 +20,7 @@ pub(crate) fn hub_with(replay_window: usize, client_buffer: usize) -> Hub {
             client_buffer,
             topic_linger: Duration::from_secs(30),
             max_subscribers_per_topic: 100_000,
+            durable: false,
         },
         Epoch::new("t").unwrap(),
         HubMetrics::unregistered(),

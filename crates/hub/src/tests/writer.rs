@@ -14,6 +14,8 @@ fn config() -> WriterConfig {
         client_buffer: 8,
         max_write_frames: usize::MAX,
         max_write_bytes: 64 * 1024,
+        drain_spread: Duration::ZERO,
+        drain_retry: Duration::from_secs(3),
     }
 }
 
@@ -190,7 +192,60 @@ async fn closing_the_hub_ends_streams_with_retry() {
     assert!(matches!(report.end, StreamEnd::Shutdown), "{report:?}");
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).await.unwrap();
-    assert_eq!(chunks(&rest), [b"retry: 3000\n\n".to_vec(), Vec::new()]);
+    let chunks = chunks(&rest);
+    assert_eq!(chunks.len(), 2, "a retry chunk, then the last chunk");
+    assert!(chunks[1].is_empty());
+    let retry: u64 = std::str::from_utf8(&chunks[0])
+        .unwrap()
+        .strip_prefix("retry: ")
+        .and_then(|r| r.strip_suffix("\n\n"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1500..=4500).contains(&retry),
+        "jittered around 3000: {retry}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_spreads_stream_ends_and_keeps_streaming_until_then() {
+    let hub = hub_with(64, 64);
+    let t = topic("a");
+    let config = WriterConfig {
+        drain_spread: Duration::from_secs(10),
+        ..config()
+    };
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        clients.push(spawn_writer(&hub, "a", 1 << 16, config.clone()));
+    }
+    for (client, _) in &mut clients {
+        read_some(client).await;
+    }
+    hub.close();
+    hub.ingest(&t, msg("during the drain"));
+    let started = tokio::time::Instant::now();
+    let mut ends = Vec::new();
+    for (mut client, task) in clients {
+        let report = tokio::time::timeout(Duration::from_secs(11), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(report.end, StreamEnd::Shutdown), "{report:?}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        let events = decode(&chunks(&rest).concat());
+        assert_eq!(
+            events.len(),
+            1,
+            "the event published during the drain arrives"
+        );
+        ends.push(started.elapsed());
+    }
+    ends.sort();
+    // Not all at once: the ends are spread over the drain period.
+    assert!(ends[19] - ends[0] > Duration::from_secs(2), "{ends:?}");
 }
 
 #[tokio::test(start_paused = true)]

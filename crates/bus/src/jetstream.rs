@@ -1,0 +1,441 @@
+//! JetStream-backed topics: one ordered consumer reads the whole stream into the hub,
+//! ids are stream sequences, and resumes older than the hub's rings are replayed from
+//! the stream.
+//!
+//! The stream captures `<subject_prefix>.>`. ONE ordered consumer per gateway process
+//! reads it from the position the gateway started at, in stream order, and hands every
+//! message with its stream sequence to [`Hub::ingest_logged`], which routes it to the
+//! active topics it matches. Reading in stream order is what lets a stream over several
+//! topics be exact: a single id (a stream sequence) says how far it got on all of them.
+//! The ordered consumer recreates itself after a gap or an outage from the last sequence
+//! it delivered, so a NATS restart loses nothing.
+//!
+//! Event ids are `<epoch>-<stream sequence>` where the epoch is the stream's creation
+//! time: every gateway instance gives a message the same id, and a stream deleted and
+//! recreated gets a new epoch (old ids are then `unknown_id`).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Client;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType, Stream};
+use async_nats::jetstream::{self, Context, ErrorCode};
+use futures::StreamExt;
+use sse_hub::{Epoch, Hub, Incoming, ReplayRequest, ReplaySink, ResetReason, TopicName};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::nats::{EVENT_HEADER, subject_for};
+
+/// `[jetstream]` of the configuration.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// Stream name.
+    pub stream: String,
+    /// Create the stream when it is missing (never changes an existing one).
+    pub create: bool,
+    /// When created: how long messages are kept.
+    pub max_age: Duration,
+    /// When created: replicas (3 on a 3-node cluster).
+    pub replicas: usize,
+}
+
+/// Messages fetched per request while replaying.
+const REPLAY_BATCH: usize = 256;
+/// Messages per pull request of the live consumer.
+const LIVE_BATCH: usize = 1024;
+/// Idle heartbeat of the live consumer: two missed ones and it is recreated.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// Pause before retrying the stream or the consumer after a failure.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// What the live consumer knows of the stream.
+#[derive(Debug)]
+struct Log {
+    js: Context,
+    stream: String,
+    prefix: String,
+    epoch: Epoch,
+    /// The live consumer started after this sequence.
+    start: u64,
+}
+
+/// A handle to the stream for replays; clone it freely. Replays wait until the stream
+/// has been found.
+#[derive(Debug, Clone)]
+pub struct History {
+    log: watch::Receiver<Option<Arc<Log>>>,
+}
+
+/// The sending side of [`History`], owned by the live consumer.
+#[derive(Debug)]
+pub(crate) struct HistoryWriter(watch::Sender<Option<Arc<Log>>>);
+
+impl HistoryWriter {
+    pub(crate) fn new() -> (Self, History) {
+        let (tx, rx) = watch::channel(None);
+        (Self(tx), History { log: rx })
+    }
+}
+
+/// The epoch of a stream: its creation time in nanoseconds, base 36.
+fn epoch_of(created_nanos: i128) -> Epoch {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut n = u128::try_from(created_nanos).unwrap_or_default();
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    let text: String = out.into_iter().map(char::from).collect();
+    Epoch::new(&text).unwrap_or_else(|_| Epoch::generate())
+}
+
+/// Finds (or creates) the stream, retrying while NATS is unreachable.
+async fn ensure_stream(js: &Context, config: &JetStreamConfig, prefix: &str) -> Stream {
+    let mut logged = false;
+    loop {
+        match js.get_stream(&config.stream).await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                let missing = matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                        if j.error_code() == ErrorCode::STREAM_NOT_FOUND
+                );
+                if missing && config.create {
+                    let wanted = StreamConfig {
+                        name: config.stream.clone(),
+                        subjects: vec![format!("{prefix}.>")],
+                        storage: StorageType::File,
+                        discard: DiscardPolicy::Old,
+                        max_age: config.max_age,
+                        num_replicas: config.replicas,
+                        ..StreamConfig::default()
+                    };
+                    match js.create_stream(wanted).await {
+                        Ok(stream) => {
+                            tracing::info!(stream = %config.stream, "created the JetStream stream");
+                            return stream;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot create the JetStream stream"),
+                    }
+                } else if missing {
+                    tracing::error!(stream = %config.stream, "the JetStream stream does not exist and jetstream.create is false");
+                } else if !logged {
+                    tracing::warn!(error = %e, "JetStream not reachable yet");
+                    logged = true;
+                }
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Reads the stream into the hub until `shutdown`.
+pub(crate) async fn run_live(
+    client: Client,
+    hub: Hub,
+    config: JetStreamConfig,
+    prefix: String,
+    history: HistoryWriter,
+    mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) {
+    let js = jetstream::new(client);
+    let filter = format!("{prefix}.>");
+    let topic_start = prefix.len() + 1;
+    loop {
+        let mut stream = tokio::select! {
+            () = &mut shutdown => return,
+            s = ensure_stream(&js, &config, &prefix) => s,
+        };
+        let info = match stream.info().await {
+            Ok(info) => info.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the stream's state; retrying");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if !info.config.subjects.iter().any(|s| s == &filter) {
+            tracing::warn!(stream = %config.stream, subjects = ?info.config.subjects, expected = %filter,
+                "the stream does not capture every topic subject; topics outside it get no events");
+        }
+        let epoch = epoch_of(info.created.unix_timestamp_nanos());
+        // Resume after what the hub already has when this is a reconnect to the same
+        // stream; start at the stream's end otherwise.
+        let known = hub.epoch() == epoch && hub.log_position() > 0;
+        let start = if known {
+            hub.log_position()
+        } else {
+            info.state.last_sequence
+        };
+        hub.start_log(epoch.clone(), start);
+        history.0.send_replace(Some(Arc::new(Log {
+            js: js.clone(),
+            stream: config.stream.clone(),
+            prefix: prefix.clone(),
+            epoch,
+            start,
+        })));
+        // Our own ordered consumer: a plain ephemeral pull consumer from the position
+        // after the last message the hub has, recreated from there after any failure
+        // (missed heartbeats when its node dies, a reconnect, a deleted consumer). Each
+        // position reaches the hub once and in order; nothing is skipped.
+        loop {
+            let from = hub.log_position() + 1;
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    filter_subject: filter.clone(),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: from,
+                    },
+                    ack_policy: AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(30),
+                    memory_storage: true,
+                    num_replicas: 1,
+                    ..Default::default()
+                })
+                .await;
+            let messages = match consumer {
+                Ok(c) => {
+                    c.stream()
+                        .max_messages_per_batch(LIVE_BATCH)
+                        .heartbeat(HEARTBEAT)
+                        .expires(HEARTBEAT * 5)
+                        .messages()
+                        .await
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot create the stream consumer; retrying");
+                    break;
+                }
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the stream consumer; retrying");
+                    break;
+                }
+            };
+            tracing::info!(stream = %config.stream, from, "reading the JetStream stream");
+            loop {
+                let next = tokio::select! {
+                    () = &mut shutdown => return,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(message)) => ingest(&hub, topic_start, &message),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "the stream consumer failed; recreating it");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Hands one message of the stream to the hub.
+fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
+    let Ok(info) = message.info() else {
+        return;
+    };
+    let seq = info.stream_sequence;
+    let Some(subject) = message.subject.get(topic_start..) else {
+        return;
+    };
+    let event_type = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(EVENT_HEADER))
+        .map(|v| v.as_str().to_owned());
+    hub.ingest_logged(
+        subject,
+        seq,
+        Incoming {
+            payload: message.payload.clone(),
+            event_type,
+            received: Instant::now(),
+        },
+    );
+}
+
+impl History {
+    /// Serves `request` into `sink`: every message of the request's topics after
+    /// `after` up to `upto`, in stream order, each once; or one reset when the stream
+    /// cannot honour the id. Returns when done or when the stream went away.
+    pub async fn replay(mut self, request: ReplayRequest, sink: ReplaySink) {
+        let log = loop {
+            if let Some(log) = self.log.borrow_and_update().clone() {
+                break log;
+            }
+            tokio::select! {
+                changed = self.log.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(Duration::from_secs(1)) => if sink.is_closed() { return },
+            }
+        };
+        let upto = request.upto.unwrap_or(log.start);
+        if request.epoch != log.epoch.as_str() {
+            let _ = sink.reset(ResetReason::UnknownId, upto).await;
+            return;
+        }
+        if let Err(reason) = log.check(request.after, upto).await {
+            let _ = sink.reset(reason, upto).await;
+            return;
+        }
+        if request.after >= upto {
+            return;
+        }
+        if let Err(e) = log
+            .replay(&request.topics, request.after, upto, &sink)
+            .await
+        {
+            tracing::warn!(error = %e, "replay from JetStream failed; ending the stream's replay with a reset");
+            let _ = sink.reset(ResetReason::HistoryExpired, upto).await;
+        }
+    }
+}
+
+impl Log {
+    /// Whether every message after `after` is still in the stream.
+    async fn check(&self, after: u64, upto: u64) -> Result<(), ResetReason> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|_| ResetReason::HistoryExpired)?;
+        let state = stream.cached_info().state.clone();
+        if after > upto.max(state.last_sequence) {
+            return Err(ResetReason::UnknownId);
+        }
+        if after + 1 < state.first_sequence {
+            return Err(ResetReason::HistoryExpired);
+        }
+        Ok(())
+    }
+
+    /// Merges the topics' messages in `(after, upto]` by sequence into `sink`.
+    async fn replay(
+        &self,
+        topics: &[TopicName],
+        after: u64,
+        upto: u64,
+        sink: &ReplaySink,
+    ) -> Result<(), async_nats::Error> {
+        let stream = self.js.get_stream(&self.stream).await?;
+        let mut sources = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    filter_subject: subject_for(&self.prefix, topic),
+                    deliver_policy: DeliverPolicy::ByStartSequence {
+                        start_sequence: after + 1,
+                    },
+                    ack_policy: AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await?;
+            sources.push(Source {
+                consumer,
+                buffered: VecDeque::new(),
+                done: false,
+            });
+        }
+        let mut last = after;
+        loop {
+            for source in &mut sources {
+                source.refill(upto).await?;
+            }
+            let next = sources
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.buffered.front().map(|(seq, _)| (*seq, i)))
+                .min();
+            let Some((seq, index)) = next else {
+                break;
+            };
+            let Some((_, msg)) = sources[index].buffered.pop_front() else {
+                break;
+            };
+            // A message matching two of the stream's topics is sent once.
+            if seq > last {
+                last = seq;
+                if sink.message(seq, msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+        for source in sources {
+            let name = source.consumer.cached_info().name.clone();
+            let _ = stream.delete_consumer(&name).await;
+        }
+        Ok(())
+    }
+}
+
+/// One topic's messages, fetched in batches.
+struct Source {
+    consumer: jetstream::consumer::Consumer<pull::Config>,
+    buffered: VecDeque<(u64, Incoming)>,
+    done: bool,
+}
+
+impl Source {
+    /// Fetches the next batch when the buffer is empty; done at the first message past
+    /// `upto` or when nothing more is available (every message up to `upto` exists).
+    async fn refill(&mut self, upto: u64) -> Result<(), async_nats::Error> {
+        if self.done || !self.buffered.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self
+            .consumer
+            .fetch()
+            .max_messages(REPLAY_BATCH)
+            .messages()
+            .await?;
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            let message = message?;
+            got += 1;
+            let Ok(info) = message.info() else {
+                continue;
+            };
+            let seq = info.stream_sequence;
+            if seq > upto {
+                self.done = true;
+                break;
+            }
+            let event_type = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(EVENT_HEADER))
+                .map(|v| v.as_str().to_owned());
+            self.buffered.push_back((
+                seq,
+                Incoming {
+                    payload: message.payload.clone(),
+                    event_type,
+                    received: Instant::now(),
+                },
+            ));
+        }
+        if got == 0 {
+            self.done = true;
+        }
+        Ok(())
+    }
+}

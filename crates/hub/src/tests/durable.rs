@@ -1,0 +1,165 @@
+//! Durable mode: ids are log positions, outages lose nothing, old resumes come from the
+//! log through a replay feed.
+
+use std::time::Duration;
+
+use super::{datas, drain_events, msg, topic};
+use crate::{Epoch, Hub, HubConfig, HubMetrics, Ingested, ResetReason};
+
+fn durable_hub(replay_window: usize) -> Hub {
+    Hub::new(
+        HubConfig {
+            replay_window,
+            client_buffer: replay_window,
+            topic_linger: Duration::from_secs(30),
+            max_subscribers_per_topic: 1000,
+            durable: true,
+        },
+        Epoch::new("pending").unwrap(),
+        HubMetrics::unregistered(),
+    )
+}
+
+fn started(replay_window: usize, last_seq: u64) -> Hub {
+    let hub = durable_hub(replay_window);
+    hub.set_connected(true);
+    hub.start_log(Epoch::new("js1").unwrap(), last_seq);
+    hub
+}
+
+#[test]
+fn ids_are_log_positions_and_wildcards_match() {
+    let hub = Hub::new(
+        HubConfig {
+            replay_window: 16,
+            client_buffer: 16,
+            topic_linger: Duration::from_secs(30),
+            max_subscribers_per_topic: 1000,
+            durable: true,
+        },
+        Epoch::new("pending").unwrap(),
+        HubMetrics::unregistered(),
+    );
+    hub.start_log(Epoch::new("js1").unwrap(), 100);
+    let exact = topic("orders.1");
+    let pattern = crate::TopicName::parse("orders.*", true).unwrap();
+    let mut one = hub.subscribe(std::slice::from_ref(&exact), None).unwrap();
+    let mut both = hub.subscribe(&[exact, pattern], None).unwrap();
+    assert_eq!(
+        hub.ingest_logged("orders.1", 101, msg("a")),
+        Ingested::Stored(101)
+    );
+    assert_eq!(
+        hub.ingest_logged("other", 102, msg("x")),
+        Ingested::NoSuchTopic
+    );
+    assert_eq!(
+        hub.ingest_logged("orders.2", 105, msg("b")),
+        Ingested::Stored(105)
+    );
+    // A redelivered position is ignored.
+    assert_eq!(
+        hub.ingest_logged("orders.1", 105, msg("dup")),
+        Ingested::NoSuchTopic
+    );
+    let ids = |events: &[sse_framing::Event]| -> Vec<String> {
+        events.iter().map(|e| e.id.clone().unwrap()).collect()
+    };
+    assert_eq!(ids(&drain_events(&mut one)), ["js1-101"]);
+    // Matching both of its topics, "a" comes once.
+    assert_eq!(ids(&drain_events(&mut both)), ["js1-101", "js1-105"]);
+}
+
+#[test]
+fn an_outage_is_no_gap() {
+    let hub = started(16, 0);
+    let t = topic("a");
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+    hub.ingest_logged("a", 1, msg("1"));
+    hub.set_connected(false);
+    hub.set_connected(true);
+    hub.ingest_logged("a", 2, msg("2"));
+    assert_eq!(datas(&drain_events(&mut sub)), ["1", "2"]);
+}
+
+#[test]
+fn recent_resumes_come_from_the_rings() {
+    let hub = started(16, 0);
+    let t = topic("a");
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+    for seq in 1..=10 {
+        hub.ingest_logged("a", seq, msg(&seq.to_string()));
+    }
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("js1-7"))
+        .unwrap();
+    assert!(sub.take_replay().is_none());
+    assert_eq!(datas(&drain_events(&mut sub)), ["8", "9", "10"]);
+}
+
+#[tokio::test]
+async fn old_resumes_are_replayed_from_the_log_then_go_live_at_the_seam() {
+    let hub = started(4, 0);
+    let t = topic("a");
+    let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+    for seq in 1..=10 {
+        hub.ingest_logged("a", seq, msg(&seq.to_string()));
+    }
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("js1-2"))
+        .unwrap();
+    let (request, sink) = sub.take_replay().unwrap();
+    assert_eq!(request.after, 2);
+    assert_eq!(request.upto, Some(10));
+    assert_eq!(request.epoch, "js1");
+    assert!(sub.take_replay().is_none(), "taken once");
+    // Live frames arrive during the replay; they wait behind it.
+    hub.ingest_logged("a", 11, msg("11"));
+    let feeder = tokio::spawn(async move {
+        for seq in 3..=10 {
+            sink.message(seq, msg(&seq.to_string())).await.unwrap();
+        }
+    });
+    feeder.await.unwrap();
+    let want: Vec<String> = (3..=11).map(|s| s.to_string()).collect();
+    assert_eq!(datas(&drain_events(&mut sub)), want);
+    assert!(!sub.is_replaying());
+    assert_eq!(hub.metrics().replayed_events.get(), 8);
+}
+
+#[tokio::test]
+async fn a_log_reset_is_one_frame_then_live() {
+    let hub = started(4, 50);
+    let t = topic("a");
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("old-3"))
+        .unwrap();
+    let (request, sink) = sub.take_replay().unwrap();
+    assert_eq!(request.epoch, "old");
+    sink.reset(ResetReason::UnknownId, 50).await.unwrap();
+    hub.ingest_logged("a", 51, msg("live"));
+    let events = drain_events(&mut sub);
+    assert_eq!(events[0].event.as_deref(), Some("gateway.reset"));
+    assert_eq!(events[0].id.as_deref(), Some("js1-50"));
+    assert_eq!(events[0].data, r#"{"reason":"unknown_id"}"#);
+    assert_eq!(events[1].data, "live");
+}
+
+#[tokio::test]
+async fn streams_opened_before_the_log_starts_replay_up_to_its_start() {
+    let hub = durable_hub(16);
+    let t = topic("a");
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("js1-5"))
+        .unwrap();
+    let (request, sink) = sub.take_replay().unwrap();
+    assert_eq!(request.upto, None, "not known yet");
+    hub.set_connected(true);
+    hub.start_log(Epoch::new("js1").unwrap(), 7);
+    hub.ingest_logged("a", 8, msg("8"));
+    for seq in 6..=7 {
+        sink.message(seq, msg(&seq.to_string())).await.unwrap();
+    }
+    drop(sink);
+    assert_eq!(datas(&drain_events(&mut sub)), ["6", "7", "8"]);
+}
