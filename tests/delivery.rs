@@ -86,6 +86,7 @@ fn reader(
     addrs: Vec<SocketAddr>,
     path: &'static str,
     hang_up_every: Option<usize>,
+    opened: Arc<AtomicUsize>,
 ) -> JoinHandle<Seen> {
     tokio::spawn(async move {
         let mut seen = Seen::default();
@@ -110,6 +111,9 @@ fn reader(
                     continue;
                 }
             };
+            if seen.reconnects == 0 {
+                opened.fetch_add(1, Ordering::AcqRel);
+            }
             seen.reconnects += 1;
             let mut in_this = 0;
             while let Ok(Some(item)) = stream.next_item(Duration::from_secs(5)).await {
@@ -150,14 +154,19 @@ async fn wait_progress(progress: &AtomicUsize, at_least: usize) {
     .unwrap();
 }
 
+/// Starts the readers and returns once every one has its first stream open (so that
+/// all of them see the first event).
 async fn readers(
     addrs: &[SocketAddr],
     path: &'static str,
     hang_up_every: Option<usize>,
 ) -> Vec<JoinHandle<Seen>> {
-    (0..CLIENTS)
-        .map(|_| reader(addrs.to_vec(), path, hang_up_every))
-        .collect()
+    let opened = Arc::new(AtomicUsize::new(0));
+    let readers = (0..CLIENTS)
+        .map(|_| reader(addrs.to_vec(), path, hang_up_every, opened.clone()))
+        .collect();
+    wait_progress(&opened, CLIENTS).await;
+    readers
 }
 
 async fn all_exactly_once(readers: Vec<JoinHandle<Seen>>) -> Vec<Seen> {
@@ -175,8 +184,8 @@ async fn jetstream_gateway_killed_and_restarted_loses_nothing() {
     let nats = NatsServer::start().unwrap();
     let mut gw = ready(&nats, jetstream_gateway).await;
     let progress = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     let readers = readers(&[gw.addr()], "/events/orders", None).await;
+    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     wait_progress(&progress, 100).await;
     gw.kill();
     gw.restart().await.unwrap();
@@ -190,8 +199,8 @@ async fn jetstream_nats_killed_and_restarted_loses_nothing() {
     let mut nats = NatsServer::start().unwrap();
     let gw = ready(&nats, jetstream_gateway).await;
     let progress = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     let readers = readers(&[gw.addr()], "/events/orders", None).await;
+    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     wait_progress(&progress, 100).await;
     nats.kill();
     gw.wait_admin_status("/readyz", 503, WAIT).await.unwrap();
@@ -206,9 +215,9 @@ async fn jetstream_clients_moving_between_two_gateways_lose_nothing() {
     let a = ready(&nats, jetstream_gateway).await;
     let b = ready(&nats, jetstream_gateway).await;
     let progress = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     // Hang up every 37 events and come back on the other gateway.
     let readers = readers(&[a.addr(), b.addr()], "/events/orders", Some(37)).await;
+    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     publishing.await.unwrap();
     let seen = all_exactly_once(readers).await;
     assert!(seen.iter().all(|s| s.reconnects >= 5));
@@ -245,9 +254,9 @@ async fn jetstream_drain_moves_every_client_to_the_other_instance_without_loss()
     let mut a = ready(&nats, jetstream_gateway).await;
     let b = ready(&nats, jetstream_gateway).await;
     let progress = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     // Every reader starts on A and, whenever a stream ends, tries B then A.
     let readers = readers(&[a.addr(), b.addr()], "/events/orders", None).await;
+    let publishing = publisher(nats.url(), "sse.orders", progress.clone());
     wait_progress(&progress, 100).await;
     a.terminate();
     let status = a.wait_exit(WAIT).await.unwrap();
@@ -326,8 +335,8 @@ async fn jetstream_cluster_node_failure_loses_nothing() {
     let gw = jetstream_gateway(gw).spawn().await.unwrap();
     gw.wait_ready(Duration::from_secs(30)).await.unwrap();
     let progress = Arc::new(AtomicUsize::new(0));
-    let publishing = publisher(cluster.urls(), "sse.orders", progress.clone());
     let readers = readers(&[gw.addr()], "/events/orders", None).await;
+    let publishing = publisher(cluster.urls(), "sse.orders", progress.clone());
     wait_progress(&progress, 100).await;
     let node = cluster
         .node_with_client("sse-gateway")
@@ -344,9 +353,7 @@ async fn core_topics_announce_every_gap() {
     let mut nats = NatsServer::start().unwrap();
     let mut gw = ready(&nats, |b| b.set("sse", "retry", "\"200ms\"")).await;
     let client = nats.client().await.unwrap();
-    let readers: Vec<_> = (0..CLIENTS)
-        .map(|_| reader(vec![gw.addr()], "/events/core", None))
-        .collect();
+    let readers = readers(&[gw.addr()], "/events/core", None).await;
     // Core publishing: no retries; whatever is published while nothing listens is lost.
     let publish_range = |client: async_nats::Client, from: u64, to: u64| async move {
         for i in from..=to {

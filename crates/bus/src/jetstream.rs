@@ -296,16 +296,18 @@ impl History {
             let _ = sink.reset(reason, upto).await;
             return;
         }
-        if request.after >= upto {
-            return;
-        }
-        if let Err(e) = log
-            .replay(&request.topics, request.after, upto, &sink)
-            .await
+        if request.after < upto
+            && let Err(e) = log
+                .replay(&request.topics, request.after, upto, &sink)
+                .await
         {
             tracing::warn!(error = %e, "replay from JetStream failed; ending the stream's replay with a reset");
             let _ = sink.reset(ResetReason::HistoryExpired, upto).await;
+            return;
         }
+        // The client's position is confirmed: anything at or below it that this
+        // instance has yet to receive live is not sent again.
+        let _ = sink.done(request.after).await;
     }
 }
 

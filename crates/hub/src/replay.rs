@@ -43,6 +43,12 @@ pub enum ReplayItem {
         /// The message.
         msg: Incoming,
     },
+    /// Everything after `after` was sent: live frames at or below `after` (which a
+    /// lagging instance may still be about to receive) are skipped.
+    Done {
+        /// The client's last position, now confirmed by the log.
+        after: u64,
+    },
     /// The id cannot be honoured; the stream continues live from `seq`.
     Reset {
         /// Why.
@@ -73,6 +79,14 @@ impl ReplaySink {
     pub async fn message(&self, seq: u64, msg: Incoming) -> Result<(), StreamGone> {
         self.tx
             .send(ReplayItem::Message { seq, msg })
+            .await
+            .map_err(|_| StreamGone)
+    }
+
+    /// Ends the replay: every message after `after` up to the seam was sent.
+    pub async fn done(self, after: u64) -> Result<(), StreamGone> {
+        self.tx
+            .send(ReplayItem::Done { after })
             .await
             .map_err(|_| StreamGone)
     }

@@ -61,6 +61,9 @@ pub struct Subscription {
     reset: Option<Bytes>,
     replayed: u64,
     replay: Option<Replay>,
+    /// Frames at or below this sequence are not for this stream (a replay confirmed the
+    /// client already has them; this instance may still be receiving them).
+    skip_through: u64,
 }
 
 /// A replay from the durable log in progress: drained before the rings.
@@ -90,6 +93,7 @@ impl Subscription {
             reset,
             replayed,
             replay: None,
+            skip_through: 0,
         }
     }
 
@@ -162,12 +166,13 @@ impl Subscription {
                 return drained;
             }
         }
+        let skip = self.skip_through;
         match self.cursors.as_mut_slice() {
             [] => Drained::default(),
-            [one] => drain_one(one, out, max_frames, max_bytes),
+            [one] => drain_one(one, skip, out, max_frames, max_bytes),
             many => {
                 let watermark = self.hub.inner.watermark.load(Ordering::Acquire);
-                drain_merged(many, watermark, out, max_frames, max_bytes)
+                drain_merged(many, watermark, skip, out, max_frames, max_bytes)
             }
         }
     }
@@ -269,6 +274,11 @@ impl Subscription {
                     frame
                 }
                 ReplayItem::Reset { reason, seq } => Some(self.hub.reset_frame(seq, reason)),
+                ReplayItem::Done { after } => {
+                    self.skip_through = after;
+                    self.replay = None;
+                    return drained;
+                }
             };
             if let Some(frame) = frame {
                 out.extend_from_slice(&frame);
@@ -287,7 +297,13 @@ impl Drop for Subscription {
     }
 }
 
-fn drain_one(c: &mut Cursor, out: &mut BytesMut, max_frames: usize, max_bytes: usize) -> Drained {
+fn drain_one(
+    c: &mut Cursor,
+    skip: u64,
+    out: &mut BytesMut,
+    max_frames: usize,
+    max_bytes: usize,
+) -> Drained {
     let ring = c.topic.ring.read();
     let mut drained = Drained {
         lost: ring.start_pos().saturating_sub(c.pos),
@@ -297,21 +313,27 @@ fn drain_one(c: &mut Cursor, out: &mut BytesMut, max_frames: usize, max_bytes: u
         return drained;
     }
     let start = out.len();
+    let mut advanced = 0;
     for entry in ring.iter_from(c.pos) {
         if drained.frames == max_frames || (drained.frames > 0 && out.len() - start >= max_bytes) {
             break;
+        }
+        advanced += 1;
+        if entry.seq <= skip {
+            continue;
         }
         out.extend_from_slice(&entry.frame);
         drained.oldest.get_or_insert(entry.received);
         drained.frames += 1;
     }
-    c.pos += drained.frames as u64;
+    c.pos += advanced;
     drained
 }
 
 fn drain_merged(
     cursors: &mut [Cursor],
     watermark: u64,
+    skip: u64,
     out: &mut BytesMut,
     max_frames: usize,
     max_bytes: usize,
@@ -341,6 +363,10 @@ fn drain_merged(
     let start = out.len();
     let mut last_seq = None;
     for (seq, index, frame, received) in candidates {
+        if seq <= skip {
+            cursors[index].pos += 1;
+            continue;
+        }
         if last_seq != Some(seq) {
             if drained.frames == max_frames
                 || (drained.frames > 0 && out.len() - start >= max_bytes)

@@ -163,3 +163,20 @@ async fn streams_opened_before_the_log_starts_replay_up_to_its_start() {
     drop(sink);
     assert_eq!(datas(&drain_events(&mut sub)), ["6", "7", "8"]);
 }
+
+#[tokio::test]
+async fn a_client_ahead_of_a_lagging_instance_gets_nothing_twice() {
+    // This instance has read the log up to 5; the client already saw 8 elsewhere.
+    let hub = started(16, 5);
+    let t = topic("a");
+    let mut sub = hub
+        .subscribe(std::slice::from_ref(&t), Some("js1-8"))
+        .unwrap();
+    let (request, sink) = sub.take_replay().unwrap();
+    assert_eq!((request.after, request.upto), (8, Some(5)));
+    sink.done(8).await.unwrap();
+    for seq in 6..=9 {
+        hub.ingest_logged("a", seq, msg(&seq.to_string()));
+    }
+    assert_eq!(datas(&drain_events(&mut sub)), ["9"]);
+}
