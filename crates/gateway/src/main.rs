@@ -30,7 +30,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use pingora::listeners::ListenerConfig;
 use pingora::prelude::background_service;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -154,7 +156,13 @@ fn run(config: Config) -> anyhow::Result<()> {
     proxy.handle_init_modules();
     let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy));
     let mut public = Service::new("public".to_owned(), front);
-    public.add_tcp(&server_conf.listen.to_string());
+    // No per-connection L4 buffers: the front reads request heads into its own small
+    // buffer and streams write whole batches, so Pingora's 64 KiB read buffer per
+    // accepted connection would only cost memory (see docs/architecture.md).
+    public.add_listener(
+        ListenerConfig::tcp(server_conf.listen.to_string())
+            .l4_buffer(L4BufferSettings::unbuffered()),
+    );
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
     admin.add_tcp(&gateway.config.admin_listen.to_string());
     admin.threads = Some(1);

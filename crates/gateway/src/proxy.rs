@@ -74,7 +74,7 @@ impl EdgeProxy {
             Err(refusal) => return self.refuse(session, refusal).await,
         };
         match take_http1_stream(session) {
-            Some(stream) => sse::spawn(&self.gateway, stream, admitted, client.to_string()),
+            Some(stream) => sse::spawn(&self.gateway, stream, admitted, client),
             None => {
                 drop(admitted);
                 let error = ApiError::method_not_allowed("this protocol", "GET over HTTP/1.1");

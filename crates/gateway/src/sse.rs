@@ -122,7 +122,7 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
 }
 
 /// Serves an admitted stream on `io` from a task of its own.
-pub fn spawn<S>(gateway: &Arc<Gateway>, io: S, admitted: Admitted, peer: String)
+pub fn spawn<S>(gateway: &Arc<Gateway>, io: S, admitted: Admitted, peer: IpAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -137,7 +137,6 @@ where
             head,
         } = admitted;
         let started = Instant::now();
-        let topics: Vec<String> = sub.topic_names().map(|t| t.to_string()).collect();
         if let Some((request, sink)) = sub.take_replay() {
             // Older than the rings: from JetStream, ahead of the live frames.
             if let Some(history) = gateway.history.get() {
@@ -148,7 +147,7 @@ where
             sse_hub::serve(io, sub, Bytes::from_static(head), framing, &gateway.writer).await;
         tracing::debug!(
             %peer,
-            ?topics,
+            topics = ?report.topics,
             end = ?report.end,
             frames = report.frames_sent,
             bytes = report.bytes_sent,

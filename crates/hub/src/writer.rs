@@ -87,6 +87,8 @@ pub struct StreamReport {
     pub frames_sent: u64,
     /// Bytes written, head and framing included.
     pub bytes_sent: u64,
+    /// The stream's topics.
+    pub topics: Vec<crate::TopicName>,
 }
 
 /// Bytes a client may send on an event stream before it is cut.
@@ -454,6 +456,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             end,
             frames_sent: self.frames_sent,
             bytes_sent: self.bytes_sent,
+            topics: self.sub.topic_names().cloned().collect(),
         }
     }
 }

@@ -99,7 +99,7 @@ impl ServerApp for PublicApp {
             };
             match sse::admit(gateway, &request).await {
                 Ok(admitted) => {
-                    sse::spawn(gateway, stream, admitted, peer.to_string());
+                    sse::spawn(gateway, stream, admitted, peer);
                     return None;
                 }
                 Err(refusal) => {
