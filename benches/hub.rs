@@ -39,6 +39,7 @@ fn message() -> Incoming {
         payload: Bytes::from_static(br#"{"order":42,"status":"paid"}"#),
         event_type: None,
         received: Instant::now(),
+        publish_marker: None,
     }
 }
 

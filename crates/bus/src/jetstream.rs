@@ -269,6 +269,7 @@ fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
             payload: message.payload.clone(),
             event_type,
             received: Instant::now(),
+            publish_marker: None,
         },
     );
 }
@@ -432,6 +433,7 @@ impl Source {
                     payload: message.payload.clone(),
                     event_type,
                     received: Instant::now(),
+                    publish_marker: None,
                 },
             ));
         }

@@ -14,7 +14,9 @@
 
 mod jetstream;
 mod nats;
+mod publish;
 
 pub use async_nats::ServerAddr;
 pub use jetstream::{History, JetStreamConfig};
-pub use nats::{BusError, EVENT_HEADER, NatsBus, NatsBusConfig, subject_for};
+pub use nats::{BusError, EVENT_HEADER, NatsBus, NatsBusConfig, PUBLISH_HEADER, subject_for};
+pub use publish::{PublishError, Publisher};

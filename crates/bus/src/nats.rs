@@ -11,13 +11,18 @@ use futures::StreamExt;
 use futures::stream::{AbortHandle, AbortRegistration, Abortable, BoxStream, SelectAll};
 use prometheus::IntGauge;
 use sse_hub::{Hub, Incoming, Ingested, TopicName};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::jetstream::{History, HistoryWriter, JetStreamConfig};
+use crate::publish::Publisher;
 use tokio::time::Instant;
 
 /// The NATS header that sets a frame's `event:` field.
 pub const EVENT_HEADER: &str = "Sse-Event";
+
+/// The NATS header with which this gateway's publish API recognises its own message
+/// when it comes back, to answer with the id it got.
+pub const PUBLISH_HEADER: &str = "Sse-Publish-Id";
 
 /// How long confirming a new subscription with the server (a PING round trip) may take
 /// before it is assumed in place anyway.
@@ -96,6 +101,7 @@ pub struct NatsBus {
     config: NatsBusConfig,
     hub: Hub,
     history: (HistoryWriter, History),
+    client: watch::Sender<Option<Client>>,
 }
 
 /// What the read loop knows of one topic's subscription.
@@ -126,6 +132,17 @@ impl NatsBus {
             config,
             hub,
             history: HistoryWriter::new(),
+            client: watch::channel(None).0,
+        }
+    }
+
+    /// Publishes through this adapter's connection (the publish API).
+    pub fn publisher(&self) -> Publisher {
+        Publisher::Nats {
+            hub: self.hub.clone(),
+            client: self.client.subscribe(),
+            prefix: self.config.subject_prefix.clone(),
+            jetstream: self.config.jetstream.is_some(),
         }
     }
 
@@ -139,12 +156,14 @@ impl NatsBus {
     /// topic the hub wants until `shutdown` resolves; then drains the connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         let client = self.connect().await?;
+        self.client.send_replace(Some(client.clone()));
         if let Some(js) = self.config.jetstream.clone() {
             tokio::pin!(shutdown);
             let NatsBus {
                 config,
                 hub,
                 history: (writer, _),
+                ..
             } = self;
             crate::jetstream::run_live(
                 client.clone(),
@@ -392,17 +411,20 @@ async fn subscribe(
 }
 
 fn ingest(hub: &Hub, topic: &TopicName, message: Message) {
-    let event_type = message
-        .headers
-        .as_ref()
+    let headers = message.headers.as_ref();
+    let event_type = headers
         .and_then(|h| h.get(EVENT_HEADER))
         .map(|v| v.as_str().to_owned());
+    let publish_marker = headers
+        .and_then(|h| h.get(PUBLISH_HEADER))
+        .and_then(|v| v.as_str().parse().ok());
     let outcome = hub.ingest(
         topic,
         Incoming {
             payload: message.payload,
             event_type,
             received: Instant::now(),
+            publish_marker,
         },
     );
     match outcome {

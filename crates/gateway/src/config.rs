@@ -67,6 +67,27 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// `[jetstream]`
     pub jetstream: RawJetStream,
+    /// `[bus]`
+    pub bus: RawBus,
+}
+
+/// `[bus]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBus {
+    /// Where events come from.
+    pub kind: BusKind,
+}
+
+/// `bus.kind`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// NATS (core subjects or a JetStream stream).
+    #[default]
+    Nats,
+    /// No broker: the publish API feeds the hub inside this process.
+    Memory,
 }
 
 /// `[server]`
@@ -257,8 +278,10 @@ pub struct Config {
     pub sse: SseSettings,
     /// `[limits]`
     pub limits: LimitSettings,
-    /// `[jetstream]`, when enabled.
+    /// `[jetstream]`, when enabled (NATS bus only).
     pub jetstream: Option<JetStreamConfig>,
+    /// `bus.kind`.
+    pub bus: BusKind,
 }
 
 /// `[server]`, validated.
@@ -344,6 +367,7 @@ impl Config {
             sse,
             limits,
             jetstream,
+            bus,
         } = raw;
         if jetstream.stream.is_empty()
             || jetstream
@@ -360,6 +384,12 @@ impl Config {
             ));
         }
         let replicas = in_range("jetstream.replicas", jetstream.replicas, 1, 5)?;
+        if jetstream.enabled && bus.kind == BusKind::Memory {
+            return Err(invalid(
+                "jetstream.enabled",
+                "JetStream needs bus.kind = \"nats\"",
+            ));
+        }
         let jetstream = if jetstream.enabled {
             Some(JetStreamConfig {
                 stream: jetstream.stream,
@@ -466,6 +496,7 @@ impl Config {
             sse,
             limits,
             jetstream,
+            bus: bus.kind,
         })
     }
 }
@@ -584,6 +615,19 @@ mod tests {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(key), "{text:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn bus_kinds() {
+        assert_eq!(check("").unwrap().bus, BusKind::Nats);
+        assert_eq!(
+            check("[bus]\nkind = \"memory\"\n").unwrap().bus,
+            BusKind::Memory
+        );
+        let e = check("[bus]\nkind = \"kafka\"\n").unwrap_err();
+        assert!(e.contains("kafka"), "{e}");
+        let e = check("[bus]\nkind = \"memory\"\n[jetstream]\nenabled = true\n").unwrap_err();
+        assert!(e.starts_with("jetstream.enabled"), "{e}");
     }
 
     #[test]

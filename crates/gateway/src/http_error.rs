@@ -70,6 +70,33 @@ impl ApiError {
         }
     }
 
+    /// 400 with a specific code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(400, code, message)
+    }
+
+    /// 413: the body is too large.
+    pub fn payload_too_large(max: usize) -> Self {
+        Self::new(
+            413,
+            "payload_too_large",
+            format!("the body is larger than {max} bytes"),
+        )
+    }
+
+    /// 503: a dependency is unavailable.
+    pub fn unavailable(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(503, "unavailable", message)
+        }
+    }
+
+    /// 504: a dependency did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(504, "gateway_timeout", message)
+    }
+
     /// 408: the request head did not arrive in time.
     pub fn request_timeout() -> Self {
         Self::new(

@@ -18,6 +18,7 @@ mod http_error;
 mod metrics;
 mod preflight;
 mod proxy;
+mod publish;
 mod request;
 mod shutdown;
 mod sse;

@@ -16,6 +16,7 @@ use pingora::{Error, ErrorType, Result};
 
 use crate::admission::{self, Refusal};
 use crate::http_error::ApiError;
+use crate::publish;
 use crate::request::is_events_path;
 use crate::sse::{self, StreamRequest};
 use crate::state::Gateway;
@@ -105,6 +106,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if let Err(refusal) = admission::check_rate(&self.gateway, client) {
             return self.refuse(session, refusal).await;
+        }
+        if publish::is_publish_path(&path) {
+            return publish::handle(&self.gateway, session).await;
         }
         ApiError::not_found(&path).send(session).await?;
         Ok(true)

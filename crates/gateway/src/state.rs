@@ -7,7 +7,7 @@ use std::time::Duration;
 use std::num::NonZeroU32;
 
 use sse_admission::{Caps, RateLimiter};
-use sse_bus::History;
+use sse_bus::{History, Publisher};
 use sse_hub::{Hub, WriterConfig};
 use tokio::sync::Notify;
 
@@ -31,6 +31,8 @@ pub struct Gateway {
     pub caps: Arc<Caps>,
     /// Replays from JetStream (set when JetStream is enabled).
     pub history: OnceLock<History>,
+    /// The publish API's way out (set at start-up).
+    pub publisher: OnceLock<Publisher>,
     draining: AtomicBool,
     /// Notified when the last stream ends.
     streams_gone: Notify,
@@ -59,6 +61,7 @@ impl Gateway {
         let caps = Caps::new(limits.max_connections, limits.max_connections_per_ip);
         Arc::new(Self {
             history: OnceLock::new(),
+            publisher: OnceLock::new(),
             rate,
             caps,
             config,

@@ -1,5 +1,5 @@
-//! The background service that runs the NATS adapter, the linger sweeper and the
-//! token-bucket pruner, on a runtime of its own.
+//! The background service that runs the bus (the NATS adapter, or nothing in embedded
+//! mode), the linger sweeper and the token-bucket pruner, on a runtime of its own.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,21 +7,33 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use sse_bus::{NatsBus, NatsBusConfig};
+use sse_bus::{NatsBus, NatsBusConfig, Publisher};
 
+use crate::config::BusKind;
 use crate::state::Gateway;
 
-/// Runs the bus until shutdown.
+/// Runs the bus and housekeeping until shutdown.
 #[derive(Debug)]
 pub struct UpstreamService {
     gateway: Arc<Gateway>,
-    /// Taken by `start`, which Pingora calls once.
+    /// Taken by `start`, which Pingora calls once. `None` in embedded mode.
     bus: Mutex<Option<NatsBus>>,
 }
 
 impl UpstreamService {
     /// The service for `gateway`.
     pub fn new(gateway: Arc<Gateway>) -> Self {
+        if gateway.config.bus == BusKind::Memory {
+            // No broker: the publish API feeds the hub, which is always "connected".
+            gateway.hub.set_local();
+            let _ = gateway
+                .publisher
+                .set(Publisher::Memory(gateway.hub.clone()));
+            return Self {
+                bus: Mutex::new(None),
+                gateway,
+            };
+        }
         let nats = &gateway.config.nats;
         let bus = NatsBus::new(
             NatsBusConfig {
@@ -36,6 +48,7 @@ impl UpstreamService {
         if gateway.config.jetstream.is_some() {
             let _ = gateway.history.set(bus.history());
         }
+        let _ = gateway.publisher.set(bus.publisher());
         Self {
             bus: Mutex::new(Some(bus)),
             gateway,
@@ -46,16 +59,19 @@ impl UpstreamService {
 #[async_trait]
 impl BackgroundService for UpstreamService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(bus) = self.bus.lock().ok().and_then(|mut b| b.take()) else {
-            return;
-        };
+        let bus = self.bus.lock().ok().and_then(|mut b| b.take());
         let sweeper = tokio::spawn(self.gateway.hub.clone().run_linger_sweeper());
         let pruner = tokio::spawn(prune_rate_limiter(self.gateway.clone()));
         let stopped = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = bus.run(stopped).await {
-            tracing::error!(error = %e, "the NATS adapter stopped");
+        match bus {
+            Some(bus) => {
+                if let Err(e) = bus.run(stopped).await {
+                    tracing::error!(error = %e, "the NATS adapter stopped");
+                }
+            }
+            None => stopped.await,
         }
         sweeper.abort();
         pruner.abort();

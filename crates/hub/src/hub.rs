@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::id::{Epoch, IdFormatter, parse_id};
@@ -86,6 +86,9 @@ pub struct Incoming {
     pub event_type: Option<String>,
     /// When the gateway received it.
     pub received: Instant,
+    /// Set by this gateway's publish API (`Sse-Publish-Id`): the publisher waits for the
+    /// id the message gets (see [`Hub::expect_publish`]).
+    pub publish_marker: Option<u64>,
 }
 
 /// What [`Hub::ingest`] did with a message.
@@ -124,9 +127,13 @@ pub(crate) struct Inner {
     pub ever_connected: AtomicBool,
     /// Durable mode: the log position is known and the live consumer runs.
     pub log_started: AtomicBool,
+    /// Embedded mode: no upstream at all; messages are published into this process.
+    pub local: AtomicBool,
     pub closing: AtomicBool,
     demand: Mutex<HashSet<TopicName>>,
     demand_notify: Notify,
+    /// Publishes through this gateway waiting for their message's sequence.
+    pub publishes: Mutex<HashMap<u64, oneshot::Sender<u64>>>,
     /// Bumped when a topic's upstream subscription is confirmed or the connection
     /// state changes; waiters re-check their topics.
     pub readiness: watch::Sender<u64>,
@@ -252,8 +259,10 @@ impl Hub {
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
                 log_started: AtomicBool::new(false),
+                local: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
                 demand: Mutex::new(HashSet::new()),
+                publishes: Mutex::new(HashMap::new()),
                 demand_notify: Notify::new(),
                 readiness: watch::channel(0).0,
             }),
@@ -401,6 +410,20 @@ impl Hub {
         Ok(sub)
     }
 
+    /// Takes a slot on `name` for the length of a publish (ignoring the subscriber cap).
+    pub(crate) fn acquire_for_publish(
+        &self,
+        name: &TopicName,
+    ) -> Result<Arc<Topic>, SubscribeError> {
+        if let Some(topic) = self.inner.topics.lock().by_name.get(name) {
+            let mut meta = topic.meta.lock();
+            meta.subscribers += 1;
+            meta.idle_since = None;
+            return Ok(topic.clone());
+        }
+        self.acquire(name)
+    }
+
     /// Gets or creates `name` and takes one subscriber slot on it.
     fn acquire(&self, name: &TopicName) -> Result<Arc<Topic>, SubscribeError> {
         let inner = &self.inner;
@@ -457,6 +480,9 @@ impl Hub {
         let mut changes = self.inner.readiness.subscribe();
         let deadline = Instant::now() + timeout;
         loop {
+            if self.inner.local.load(Ordering::Acquire) {
+                return true;
+            }
             if !self.inner.connected.load(Ordering::Acquire) {
                 return false;
             }

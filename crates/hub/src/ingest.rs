@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::hub::{Hub, Incoming, IngestState, Ingested, RESET_EVENT, ResetReason, Topic};
@@ -58,6 +59,9 @@ impl Hub {
                 frame,
                 received: msg.received,
             });
+            if let Some(marker) = msg.publish_marker {
+                self.published(marker, seq);
+            }
             inner.watermark.store(seq, Ordering::Release);
             seq
         };
@@ -139,6 +143,15 @@ impl Hub {
         self.inner.watermark.load(Ordering::Acquire)
     }
 
+    /// Embedded mode: there is no upstream; every topic is ready and the hub counts as
+    /// connected. Messages arrive through [`Hub::publish_local`].
+    pub fn set_local(&self) {
+        self.inner.local.store(true, Ordering::Release);
+        self.inner.connected.store(true, Ordering::Release);
+        self.inner.ever_connected.store(true, Ordering::Release);
+        self.inner.readiness.send_modify(|v| *v += 1);
+    }
+
     /// Whether the upstream connection is up.
     pub fn is_connected(&self) -> bool {
         self.inner.connected.load(Ordering::Acquire)
@@ -151,6 +164,48 @@ impl Hub {
             t.meta.lock().upstream_ready = true;
         }
         self.inner.readiness.send_modify(|v| *v += 1);
+    }
+
+    // ----- publishing through this gateway --------------------------------------------
+
+    /// Registers a publish through this gateway: the returned receiver gets the sequence
+    /// its message (carrying `marker`) is stored under, when it comes back from upstream.
+    pub fn expect_publish(&self, marker: u64) -> PublishWaiter {
+        let (tx, rx) = oneshot::channel();
+        self.inner.publishes.lock().insert(marker, tx);
+        PublishWaiter {
+            hub: self.clone(),
+            marker,
+            rx,
+        }
+    }
+
+    fn published(&self, marker: u64, seq: u64) {
+        if let Some(tx) = self.inner.publishes.lock().remove(&marker) {
+            let _ = tx.send(seq);
+        }
+    }
+
+    /// Embedded mode: stores a message published to this process directly, creating the
+    /// topic if needed (it then lingers like any topic, so a client resuming soon after
+    /// still gets the message). Returns what happened and, when stored, the event id.
+    pub fn publish_local(&self, topic: &TopicName, msg: Incoming) -> (Ingested, Option<String>) {
+        let held = match self.acquire_for_publish(topic) {
+            Ok(t) => t,
+            Err(_) => return (Ingested::NoSuchTopic, None),
+        };
+        let outcome = self.ingest(topic, msg);
+        held.release();
+        let id = match outcome {
+            Ingested::Stored(seq) => Some(self.event_id(seq)),
+            _ => None,
+        };
+        (outcome, id)
+    }
+
+    /// The event id of sequence `seq` in this hub's epoch.
+    pub fn event_id(&self, seq: u64) -> String {
+        IdFormatter::new(&self.epoch()).format(seq).to_owned()
     }
 
     // ----- durable log -------------------------------------------------------------
@@ -275,4 +330,26 @@ fn encode_reset(id: &str, reason: ResetReason) -> Bytes {
     ));
     sse_framing::encode_event(&mut frame, Some(id), Some(RESET_EVENT), &data);
     frame.freeze()
+}
+
+/// A publish through this gateway waiting for its message's sequence; unregisters when
+/// dropped.
+#[derive(Debug)]
+pub struct PublishWaiter {
+    hub: Hub,
+    marker: u64,
+    rx: oneshot::Receiver<u64>,
+}
+
+impl PublishWaiter {
+    /// The sequence the message was stored under, or `None` after `timeout`.
+    pub async fn sequence(mut self, timeout: std::time::Duration) -> Option<u64> {
+        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
+    }
+}
+
+impl Drop for PublishWaiter {
+    fn drop(&mut self) {
+        self.hub.inner.publishes.lock().remove(&self.marker);
+    }
 }

@@ -30,6 +30,7 @@
 //!     payload: "hello".into(),
 //!     event_type: None,
 //!     received: tokio::time::Instant::now(),
+//!     publish_marker: None,
 //! });
 //! let mut out = bytes::BytesMut::new();
 //! sub.drain_into(&mut out, 64, 64 * 1024);
@@ -83,6 +84,7 @@ mod tests;
 
 pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError};
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
+pub use ingest::PublishWaiter;
 pub use metrics::HubMetrics;
 pub use replay::{ReplayItem, ReplayRequest, ReplaySink, StreamGone};
 pub use subscription::{Drained, Subscription};

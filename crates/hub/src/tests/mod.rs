@@ -36,6 +36,7 @@ pub(crate) fn msg(data: &str) -> Incoming {
         payload: data.to_owned().into(),
         event_type: None,
         received: Instant::now(),
+        publish_marker: None,
     }
 }
 
