@@ -69,6 +69,35 @@ pub struct RawConfig {
     pub jetstream: RawJetStream,
     /// `[bus]`
     pub bus: RawBus,
+    /// `[[routes]]`
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Path prefix, e.g. `/api/orders`.
+    pub prefix: String,
+    /// `host:port` of each upstream.
+    pub upstreams: Vec<String>,
+    /// Path of an HTTP health check (2xx = healthy); a TCP connect check otherwise.
+    #[serde(default)]
+    pub health_check: Option<String>,
+    /// Connect timeout per attempt.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest silence from an upstream while reading its response.
+    #[serde(default = "default_read_timeout", with = "humantime_serde")]
+    pub read_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// `[bus]`
@@ -282,6 +311,23 @@ pub struct Config {
     pub jetstream: Option<JetStreamConfig>,
     /// `bus.kind`.
     pub bus: BusKind,
+    /// `[[routes]]`.
+    pub routes: Vec<RouteSettings>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    /// Path prefix.
+    pub prefix: String,
+    /// Upstreams.
+    pub upstreams: Vec<String>,
+    /// HTTP health check path.
+    pub health_check: Option<String>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Read timeout.
+    pub read_timeout: Duration,
 }
 
 /// `[server]`, validated.
@@ -368,6 +414,7 @@ impl Config {
             limits,
             jetstream,
             bus,
+            routes,
         } = raw;
         if jetstream.stream.is_empty()
             || jetstream
@@ -497,8 +544,75 @@ impl Config {
             limits,
             jetstream,
             bus: bus.kind,
+            routes: validate_routes(routes)?,
         })
     }
+}
+
+fn validate_routes(routes: Vec<RawRoute>) -> Result<Vec<RouteSettings>, ConfigError> {
+    let mut seen: Vec<String> = Vec::new();
+    routes
+        .into_iter()
+        .map(|r| {
+            let prefix = r.prefix.trim_end_matches('/').to_owned();
+            if !r.prefix.starts_with('/') {
+                return Err(invalid(
+                    "routes.prefix",
+                    format!("{:?} must start with '/'", r.prefix),
+                ));
+            }
+            for reserved in ["/events", "/publish", "/demo"] {
+                if prefix == reserved
+                    || prefix.starts_with(&format!("{reserved}/"))
+                    || prefix.is_empty()
+                {
+                    return Err(invalid(
+                        "routes.prefix",
+                        format!("{:?} would hide the gateway's own {reserved}", r.prefix),
+                    ));
+                }
+            }
+            if seen.contains(&prefix) {
+                return Err(invalid(
+                    "routes.prefix",
+                    format!("{:?} is configured twice", r.prefix),
+                ));
+            }
+            seen.push(prefix.clone());
+            if r.upstreams.is_empty() {
+                return Err(invalid(
+                    "routes.upstreams",
+                    format!("route {prefix}: at least one upstream is needed"),
+                ));
+            }
+            for u in &r.upstreams {
+                let ok = u
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(invalid(
+                        "routes.upstreams",
+                        format!("route {prefix}: {u:?} is not host:port"),
+                    ));
+                }
+            }
+            if let Some(path) = &r.health_check
+                && !path.starts_with('/')
+            {
+                return Err(invalid(
+                    "routes.health_check",
+                    format!("route {prefix}: {path:?} must be a path starting with '/'"),
+                ));
+            }
+            Ok(RouteSettings {
+                prefix,
+                upstreams: r.upstreams,
+                health_check: r.health_check,
+                connect_timeout: positive("routes.connect_timeout", r.connect_timeout)?,
+                read_timeout: positive("routes.read_timeout", r.read_timeout)?,
+            })
+        })
+        .collect()
 }
 
 fn socket_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -615,6 +729,48 @@ mod tests {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(key), "{text:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn routes() {
+        let c = check(
+            "[[routes]]\nprefix = \"/api/orders/\"\nupstreams = [\"127.0.0.1:8081\", \"localhost:8082\"]\nhealth_check = \"/healthz\"\nread_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].prefix, "/api/orders");
+        assert_eq!(c.routes[0].read_timeout, Duration::from_secs(5));
+        for (text, key) in [
+            (
+                "[[routes]]\nprefix = \"api\"\nupstreams = [\"a:1\"]\n",
+                "routes.prefix",
+            ),
+            (
+                "[[routes]]\nprefix = \"/events\"\nupstreams = [\"a:1\"]\n",
+                "routes.prefix",
+            ),
+            (
+                "[[routes]]\nprefix = \"/\"\nupstreams = [\"a:1\"]\n",
+                "routes.prefix",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = []\n",
+                "routes.upstreams",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"nope\"]\n",
+                "routes.upstreams",
+            ),
+            (
+                "[[routes]]\nprefix = \"/a\"\nupstreams = [\"a:1\"]\nhealth_check = \"x\"\n",
+                "routes.health_check",
+            ),
+        ] {
+            let e = check(text).unwrap_err();
+            assert!(e.starts_with(key), "{text:?} gave {e}");
+        }
+        let e =
+            check("[[routes]]\nprefix = \"/a\"\nupstreams = [\"a:1\"]\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus"), "{e}");
     }
 
     #[test]

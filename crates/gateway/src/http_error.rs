@@ -92,6 +92,11 @@ impl ApiError {
         }
     }
 
+    /// 502: the upstream failed.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(502, "bad_gateway", message)
+    }
+
     /// 504: a dependency did not answer in time.
     pub fn gateway_timeout(message: impl Into<String>) -> Self {
         Self::new(504, "gateway_timeout", message)

@@ -20,6 +20,7 @@ mod preflight;
 mod proxy;
 mod publish;
 mod request;
+mod routes;
 mod shutdown;
 mod sse;
 mod state;
@@ -150,8 +151,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let (routes, health_checks) = routes::build(&gateway.config.routes)?;
     let mut proxy = HttpProxy::new(
-        proxy::EdgeProxy::new(gateway.clone()),
+        proxy::EdgeProxy::new(gateway.clone(), routes),
         server.configuration.clone(),
     );
     proxy.handle_init_modules();
@@ -172,6 +174,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     server.add_service(public);
     server.add_service(admin);
     server.add_service(upstream);
+    for check in health_checks {
+        server.add_service(check);
+    }
     tracing::info!(
         listen = %server_conf.listen,
         admin = %gateway.config.admin_listen,

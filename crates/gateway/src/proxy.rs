@@ -1,23 +1,26 @@
 //! Pingora's side of the public listener: requests the front did not answer itself —
 //! everything that is not `/events`, and every later request on a connection Pingora
 //! kept alive. Each is rate limited like the front does; `/events` on such a connection
-//! is taken out of Pingora and opened like any stream; every other path is a JSON 404
-//! (no routes are configured).
+//! is taken out of Pingora and opened like any stream; `/publish/…` is the publish API;
+//! paths under a `[[routes]]` prefix are reverse-proxied to their upstream pool; anything
+//! else is a JSON 404.
 
 use std::io::Cursor;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::ServerSession;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::{Error, ErrorType, Result};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::admission::{self, Refusal};
 use crate::http_error::ApiError;
 use crate::publish;
 use crate::request::is_events_path;
+use crate::routes::Routes;
 use crate::sse::{self, StreamRequest};
 use crate::state::Gateway;
 
@@ -25,12 +28,19 @@ use crate::state::Gateway;
 #[derive(Debug)]
 pub struct EdgeProxy {
     gateway: Arc<Gateway>,
+    routes: Routes,
+}
+
+/// Per request: the route chosen.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    route: Option<usize>,
 }
 
 impl EdgeProxy {
-    /// Handling for `gateway`.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    /// Handling for `gateway` with `routes`.
+    pub fn new(gateway: Arc<Gateway>, routes: Routes) -> Self {
+        Self { gateway, routes }
     }
 
     fn client(&self, session: &Session) -> Option<IpAddr> {
@@ -88,12 +98,15 @@ impl EdgeProxy {
 
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
-    type CTX = ();
+    type CTX = RequestCtx;
 
-    fn new_ctx(&self) -> Self::CTX {}
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
 
-    /// Answers every request: streams, 429, 404.
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
+    /// Answers the gateway's own requests (streams, publish, 429, 404); lets routed ones
+    /// through to their upstream.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         let Some(client) = self.client(session) else {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -110,6 +123,10 @@ impl ProxyHttp for EdgeProxy {
         if publish::is_publish_path(&path) {
             return publish::handle(&self.gateway, session).await;
         }
+        if let Some(index) = self.routes.index_of(&path) {
+            ctx.route = Some(index);
+            return Ok(false);
+        }
         ApiError::not_found(&path).send(session).await?;
         Ok(true)
     }
@@ -117,12 +134,88 @@ impl ProxyHttp for EdgeProxy {
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
-        Err(Error::explain(
-            ErrorType::HTTPStatus(404),
-            "no upstream route is configured",
-        ))
+        let route = ctx
+            .route
+            .and_then(|i| self.routes.get(i))
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
+        route.peer().ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                format!("no healthy upstream for {}", route.prefix),
+            )
+        })
+    }
+
+    /// Tells the upstream who the client is and how it came in.
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut Self::CTX,
+    ) -> Result<()> {
+        if let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let forwarded = match session.req_header().headers.get("x-forwarded-for") {
+                Some(v) => format!("{}, {peer}", String::from_utf8_lossy(v.as_bytes())),
+                None => peer.to_string(),
+            };
+            upstream_request.insert_header("X-Forwarded-For", forwarded)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream_request.insert_header("X-Forwarded-Proto", if tls { "https" } else { "http" })?;
+        if let Some(host) = session.req_header().headers.get("host").cloned() {
+            upstream_request.insert_header("X-Forwarded-Host", host)?;
+        }
+        Ok(())
+    }
+
+    /// Upstream failures as JSON: 504 on timeouts, 502 otherwise.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut Self::CTX,
+    ) -> FailToProxy
+    where
+        Self::CTX: Send + Sync,
+    {
+        let error = match e.etype() {
+            ErrorType::HTTPStatus(404) => ApiError::not_found(session.req_header().uri.path()),
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                ApiError::gateway_timeout(format!(
+                    "the upstream did not answer in time ({})",
+                    e.etype().as_str()
+                ))
+            }
+            _ if e.esource() == &ErrorSource::Downstream => {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+            ErrorType::ConnectNoRoute => {
+                ApiError::bad_gateway("no healthy upstream for this route".to_owned())
+            }
+            _ => ApiError::bad_gateway(format!("the upstream failed: {}", e.etype().as_str())),
+        };
+        let code = if session.response_written().is_some() {
+            // Too late for an error page: the response is under way.
+            0
+        } else {
+            match error.send(session).await {
+                Ok(()) => error.status,
+                Err(_) => 0,
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 }
 
