@@ -13,6 +13,8 @@ use serde::Deserialize;
 use sse_bus::{JetStreamConfig, NatsBusConfig, ServerAddr};
 use sse_hub::TopicName;
 
+use crate::cors::Cors;
+
 /// A configuration problem, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,6 +73,18 @@ pub struct RawConfig {
     pub bus: RawBus,
     /// `[[routes]]`
     pub routes: Vec<RawRoute>,
+    /// `[cors]`
+    pub cors: RawCors,
+}
+
+/// `[cors]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCors {
+    /// Origins allowed to use `/events` and `/publish` from a browser (`"*"`: any).
+    pub allowed_origins: Vec<String>,
+    /// Allow credentials (cookies) on cross-origin requests.
+    pub allow_credentials: bool,
 }
 
 /// `[[routes]]`
@@ -313,6 +327,8 @@ pub struct Config {
     pub bus: BusKind,
     /// `[[routes]]`.
     pub routes: Vec<RouteSettings>,
+    /// `[cors]`.
+    pub cors: Cors,
 }
 
 /// A validated route.
@@ -415,6 +431,7 @@ impl Config {
             jetstream,
             bus,
             routes,
+            cors,
         } = raw;
         if jetstream.stream.is_empty()
             || jetstream
@@ -545,8 +562,25 @@ impl Config {
             jetstream,
             bus: bus.kind,
             routes: validate_routes(routes)?,
+            cors: validate_cors(&cors)?,
         })
     }
+}
+
+fn validate_cors(cors: &RawCors) -> Result<Cors, ConfigError> {
+    for origin in &cors.allowed_origins {
+        let valid = origin == "*"
+            || (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && !origin.contains(char::is_whitespace);
+        if !valid {
+            return Err(invalid(
+                "cors.allowed_origins",
+                format!("{origin:?} is not an origin like \"https://app.example\" (or \"*\")"),
+            ));
+        }
+    }
+    Ok(Cors::new(&cors.allowed_origins, cors.allow_credentials))
 }
 
 fn validate_routes(routes: Vec<RawRoute>) -> Result<Vec<RouteSettings>, ConfigError> {

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// Methods for `Allow` (405).
     pub allow: Option<&'static str>,
+    /// More headers (CORS).
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl ApiError {
@@ -30,7 +32,14 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             allow: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// The same error with more headers.
+    pub fn with_headers(mut self, headers: Vec<(&'static str, String)>) -> Self {
+        self.headers.extend(headers);
+        self
     }
 
     /// 404: nothing is served at `path`.
@@ -160,6 +169,9 @@ impl ApiError {
         }
         if let Some(allow) = self.allow {
             head.insert_header("Allow", allow)?;
+        }
+        for (name, value) in &self.headers {
+            head.insert_header(*name, value.as_str())?;
         }
         session.write_response_header(Box::new(head), false).await?;
         session.write_response_body(Some(body), true).await

@@ -13,6 +13,7 @@
 mod admin;
 mod admission;
 mod config;
+mod cors;
 mod front;
 mod http_error;
 mod metrics;

@@ -10,13 +10,14 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::admission::{self, Refusal};
+use crate::cors::Headers;
 use crate::http_error::ApiError;
 use crate::publish;
 use crate::request::is_events_path;
@@ -57,7 +58,47 @@ impl EdgeProxy {
 
     async fn refuse(&self, session: &mut Session, refusal: Refusal) -> Result<bool> {
         refusal.count(&self.gateway);
-        refusal.error.send(session).await?;
+        let cors = self.cors_headers(session);
+        refusal.error.with_headers(cors).send(session).await?;
+        Ok(true)
+    }
+
+    /// CORS headers for a response to this request (empty: origin not allowed).
+    fn cors_headers(&self, session: &Session) -> Headers {
+        let cors = &self.gateway.config.cors;
+        cors.allowed(
+            session
+                .req_header()
+                .headers
+                .get("origin")
+                .map(|v| v.as_bytes()),
+        )
+        .map(|o| cors.response_headers(o))
+        .unwrap_or_default()
+    }
+
+    /// Answers a CORS preflight with 204.
+    async fn preflight(&self, session: &mut Session, methods: &'static str) -> Result<bool> {
+        let cors = &self.gateway.config.cors;
+        let req = session.req_header();
+        let headers = cors
+            .allowed(req.headers.get("origin").map(|v| v.as_bytes()))
+            .map(|o| {
+                cors.preflight_headers(
+                    o,
+                    methods,
+                    req.headers
+                        .get("access-control-request-headers")
+                        .map(|v| v.as_bytes()),
+                )
+            })
+            .unwrap_or_default();
+        let mut head = ResponseHeader::build(204, Some(headers.len() + 1))?;
+        head.insert_header("Content-Length", "0")?;
+        for (name, value) in headers {
+            head.insert_header(name, value)?;
+        }
+        session.write_response_header(Box::new(head), true).await?;
         Ok(true)
     }
 
@@ -79,6 +120,7 @@ impl EdgeProxy {
             http10,
             last_event_id: last_event_id.as_deref(),
             client,
+            cors: self.cors_headers(session),
         };
         let admitted = match sse::admit(&self.gateway, &request).await {
             Ok(a) => a,
@@ -114,14 +156,22 @@ impl ProxyHttp for EdgeProxy {
             ));
         };
         let path = session.req_header().uri.path().to_owned();
+        let preflight = session.req_header().method == pingora::http::Method::OPTIONS;
         if is_events_path(&path) {
+            if preflight {
+                return self.preflight(session, "GET, OPTIONS").await;
+            }
             return self.open_stream(session, client).await;
         }
         if let Err(refusal) = admission::check_rate(&self.gateway, client) {
             return self.refuse(session, refusal).await;
         }
         if publish::is_publish_path(&path) {
-            return publish::handle(&self.gateway, session).await;
+            if preflight {
+                return self.preflight(session, "POST, OPTIONS").await;
+            }
+            let cors = self.cors_headers(session);
+            return publish::handle(&self.gateway, session, cors).await;
         }
         if let Some(index) = self.routes.index_of(&path) {
             ctx.route = Some(index);

@@ -8,6 +8,7 @@ use pingora::proxy::Session;
 use sse_bus::PublishError;
 use sse_hub::TopicName;
 
+use crate::cors::Headers;
 use crate::http_error::ApiError;
 use crate::state::Gateway;
 
@@ -72,18 +73,25 @@ fn check_event_type(event: &str) -> Result<(), ApiError> {
 }
 
 /// Serves a publish request; always answers.
-pub async fn handle(gateway: &Gateway, session: &mut Session) -> pingora::Result<bool> {
+pub async fn handle(
+    gateway: &Gateway,
+    session: &mut Session,
+    cors: Headers,
+) -> pingora::Result<bool> {
     match publish(gateway, session).await {
         Ok(id) => {
             let body = Bytes::from(serde_json::json!({ "id": id }).to_string());
-            let mut head = ResponseHeader::build(202, Some(4))?;
+            let mut head = ResponseHeader::build(202, Some(4 + cors.len()))?;
             head.insert_header("Content-Type", "application/json")?;
             head.insert_header("Content-Length", body.len().to_string())?;
             head.insert_header("Cache-Control", "no-store")?;
+            for (name, value) in cors {
+                head.insert_header(name, value)?;
+            }
             session.write_response_header(Box::new(head), false).await?;
             session.write_response_body(Some(body), true).await?;
         }
-        Err(error) => error.send(session).await?,
+        Err(error) => error.with_headers(cors).send(session).await?,
     }
     Ok(true)
 }

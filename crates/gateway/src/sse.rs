@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::admission::{self, Refusal};
+use crate::cors::Headers;
 use crate::http_error::ApiError;
 use crate::metrics::Outcome;
 use crate::request::parse_events_request;
@@ -57,6 +58,8 @@ pub struct StreamRequest<'a> {
     pub last_event_id: Option<&'a [u8]>,
     /// The client's address (after trusted proxies).
     pub client: IpAddr,
+    /// CORS headers for the response (empty when the origin is not allowed).
+    pub cors: Headers,
 }
 
 /// A stream that passed admission: everything it holds is released when it ends.
@@ -66,7 +69,7 @@ pub struct Admitted {
     slot: Slot,
     guard: StreamGuard,
     framing: BodyFraming,
-    head: &'static [u8],
+    head: Bytes,
 }
 
 /// Checks, in order: token bucket, method, request, draining, connection caps, topic
@@ -112,6 +115,7 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
     } else {
         (HEAD_CHUNKED, BodyFraming::Chunked)
     };
+    let head = with_headers(head, &req.cors);
     Ok(Admitted {
         sub,
         slot,
@@ -119,6 +123,19 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
         framing,
         head,
     })
+}
+
+/// A response head with `extra` headers added before its blank line.
+fn with_headers(head: &'static [u8], extra: &Headers) -> Bytes {
+    if extra.is_empty() {
+        return Bytes::from_static(head);
+    }
+    let mut out = head[..head.len() - 2].to_vec();
+    for (name, value) in extra {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
 }
 
 /// Serves an admitted stream on `io` from a task of its own.
@@ -143,8 +160,7 @@ where
                 tokio::spawn(history.clone().replay(request, sink));
             }
         }
-        let report =
-            sse_hub::serve(io, sub, Bytes::from_static(head), framing, &gateway.writer).await;
+        let report = sse_hub::serve(io, sub, head, framing, &gateway.writer).await;
         tracing::debug!(
             %peer,
             topics = ?report.topics,

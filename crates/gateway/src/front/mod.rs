@@ -88,6 +88,28 @@ impl ServerApp for PublicApp {
             if !is_events_path(head.path()) {
                 return self.delegate(stream, buf, shutdown).await;
             }
+            let cors = &gateway.config.cors;
+            let origin = cors.allowed(head.header("origin"));
+            if head.method == "OPTIONS" {
+                let headers = origin
+                    .map(|o| {
+                        cors.preflight_headers(
+                            o,
+                            "GET, OPTIONS",
+                            head.header("access-control-request-headers"),
+                        )
+                    })
+                    .unwrap_or_default();
+                let keep = head.keep_alive() && !head.has_body();
+                let timeout = gateway.config.sse.write_timeout;
+                let sent = respond::write_no_content(&mut stream, &headers, keep, timeout).await;
+                if !keep || sent.is_err() {
+                    return None;
+                }
+                buf.advance(head.len);
+                continue;
+            }
+            let cors_headers = origin.map(|o| cors.response_headers(o)).unwrap_or_default();
             let forwarded: Vec<&[u8]> = head.header_values("x-forwarded-for").collect();
             let request = StreamRequest {
                 method: &head.method,
@@ -96,6 +118,7 @@ impl ServerApp for PublicApp {
                 http10: head.minor_version == 0,
                 last_event_id: head.header("last-event-id"),
                 client: crate::admission::client_ip(gateway, peer, &forwarded),
+                cors: cors_headers.clone(),
             };
             match sse::admit(gateway, &request).await {
                 Ok(admitted) => {
@@ -106,8 +129,8 @@ impl ServerApp for PublicApp {
                     refusal.count(gateway);
                     let keep = can_continue(&head, &refusal);
                     let timeout = gateway.config.sse.write_timeout;
-                    let sent =
-                        respond::write_error(&mut stream, &refusal.error, keep, timeout).await;
+                    let error = refusal.error.clone().with_headers(cors_headers);
+                    let sent = respond::write_error(&mut stream, &error, keep, timeout).await;
                     if !keep || sent.is_err() {
                         return None;
                     }

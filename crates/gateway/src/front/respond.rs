@@ -42,6 +42,9 @@ pub fn render(error: &ApiError, keep_alive: bool) -> Vec<u8> {
     if let Some(allow) = error.allow {
         out.push_str(&format!("Allow: {allow}\r\n"));
     }
+    for (name, value) in &error.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
     out.push_str(if keep_alive {
         "Connection: keep-alive\r\n\r\n"
     } else {
@@ -50,6 +53,31 @@ pub fn render(error: &ApiError, keep_alive: bool) -> Vec<u8> {
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&body);
     bytes
+}
+
+/// A `204 No Content` (CORS preflights) with `headers`.
+pub async fn write_no_content<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    headers: &[(&'static str, String)],
+    keep_alive: bool,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let mut out = String::from("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n");
+    for (name, value) in headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(if keep_alive {
+        "Connection: keep-alive\r\n\r\n"
+    } else {
+        "Connection: close\r\n\r\n"
+    });
+    let write = async {
+        io.write_all(out.as_bytes()).await?;
+        io.flush().await
+    };
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 #[cfg(test)]
