@@ -5,12 +5,17 @@
 mod support;
 
 mod admission;
+mod auth;
+mod browser;
 mod churn;
 mod config;
 mod delivery;
+mod edge;
 mod fanout;
 mod faults;
 mod lifecycle;
+mod publish;
 mod resume;
+mod routes;
 mod slow;
 mod subscribe;

@@ -38,6 +38,15 @@ impl Refusal {
         }
     }
 
+    /// 401 / 403 from the authorizer.
+    pub fn denied(denied: sse_auth::Denied) -> Self {
+        Self {
+            outcome: Outcome::Unauthorized,
+            rejection: None,
+            error: ApiError::denied(&denied),
+        }
+    }
+
     /// 503: the gateway is shutting down.
     pub fn draining(gateway: &Gateway) -> Self {
         Self {

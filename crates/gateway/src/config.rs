@@ -13,6 +13,10 @@ use serde::Deserialize;
 use sse_bus::{JetStreamConfig, NatsBusConfig, ServerAddr};
 use sse_hub::TopicName;
 
+use std::sync::Arc;
+
+use sse_auth::{AuthConfig, Authorizer, VerifyKey};
+
 use crate::cors::Cors;
 
 /// A configuration problem, naming the file or key at fault.
@@ -75,6 +79,71 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     /// `[cors]`
     pub cors: RawCors,
+    /// `[tls]`: a second public listener with TLS (HTTP/2 by ALPN).
+    pub tls: Option<RawTls>,
+    /// `[auth]`
+    pub auth: RawAuth,
+    /// `[log]`
+    pub log: RawLog,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// Require tokens (except for public topics).
+    pub enabled: bool,
+    /// HS256 shared secret (at least 32 bytes).
+    pub hs256_secret: Option<String>,
+    /// PEM public key for RS256 or ES256.
+    pub public_key_file: Option<String>,
+    /// Cookie holding the token.
+    pub cookie: String,
+    /// Topic patterns anyone may read.
+    pub public_topics: Vec<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            hs256_secret: None,
+            public_key_file: None,
+            cookie: sse_auth::DEFAULT_COOKIE.to_owned(),
+            public_topics: Vec::new(),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Address of the TLS listener.
+    pub listen: String,
+    /// PEM certificate chain.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
 }
 
 /// `[cors]`
@@ -147,6 +216,8 @@ pub struct RawServer {
     /// A request head must arrive within this of its first byte (slowloris).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the public listener.
+    pub h2c: bool,
 }
 
 impl Default for RawServer {
@@ -156,6 +227,7 @@ impl Default for RawServer {
             threads: 2,
             grace_period: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            h2c: true,
         }
     }
 }
@@ -329,6 +401,23 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     /// `[cors]`.
     pub cors: Cors,
+    /// `[tls]`.
+    pub tls: Option<TlsSettingsConfig>,
+    /// `[auth]`, when enabled.
+    pub auth: Option<Arc<Authorizer>>,
+    /// `log.format = "json"`.
+    pub log_json: bool,
+}
+
+/// A validated `[tls]`.
+#[derive(Debug, Clone)]
+pub struct TlsSettingsConfig {
+    /// Listener address.
+    pub listen: SocketAddr,
+    /// Certificate chain file.
+    pub cert_file: String,
+    /// Key file.
+    pub key_file: String,
 }
 
 /// A validated route.
@@ -357,6 +446,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// Deadline for a request head.
     pub header_timeout: Duration,
+    /// Cleartext HTTP/2 accepted.
+    pub h2c: bool,
 }
 
 /// `[nats]`, validated.
@@ -432,6 +523,9 @@ impl Config {
             bus,
             routes,
             cors,
+            tls,
+            auth,
+            log,
         } = raw;
         if jetstream.stream.is_empty()
             || jetstream
@@ -469,6 +563,7 @@ impl Config {
             threads: in_range("server.threads", server.threads, 1, 1024)?,
             grace_period: server.grace_period,
             header_timeout: positive("server.header_timeout", server.header_timeout)?,
+            h2c: server.h2c,
         };
         let admin_listen = socket_addr("admin.listen", &admin.listen)?;
         if admin_listen == server.listen {
@@ -563,8 +658,63 @@ impl Config {
             bus: bus.kind,
             routes: validate_routes(routes)?,
             cors: validate_cors(&cors)?,
+            tls: tls
+                .map(|t| -> Result<TlsSettingsConfig, ConfigError> {
+                    for (key, path) in [
+                        ("tls.cert_file", &t.cert_file),
+                        ("tls.key_file", &t.key_file),
+                    ] {
+                        if std::fs::metadata(path).is_err() {
+                            return Err(invalid(key, format!("cannot read {path:?}")));
+                        }
+                    }
+                    Ok(TlsSettingsConfig {
+                        listen: socket_addr("tls.listen", &t.listen)?,
+                        cert_file: t.cert_file,
+                        key_file: t.key_file,
+                    })
+                })
+                .transpose()?,
+            auth: validate_auth(auth)?,
+            log_json: log.format == LogFormat::Json,
         })
     }
+}
+
+fn validate_auth(auth: RawAuth) -> Result<Option<Arc<Authorizer>>, ConfigError> {
+    if !auth.enabled {
+        return Ok(None);
+    }
+    let key = match (&auth.hs256_secret, &auth.public_key_file) {
+        (Some(secret), None) => VerifyKey::Hs256(secret.clone().into_bytes()),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid("auth.public_key_file", format!("cannot read {path:?}: {e}"))
+            })?;
+            VerifyKey::from_public_key_pem(&pem)
+                .map_err(|e| invalid("auth.public_key_file", e.to_string()))?
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "set either auth.hs256_secret or auth.public_key_file, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "auth.enabled",
+                "needs auth.hs256_secret or auth.public_key_file",
+            ));
+        }
+    };
+    let config = AuthConfig {
+        key,
+        cookie: auth.cookie,
+        public_topics: auth.public_topics,
+    };
+    Authorizer::new(config)
+        .map(|a| Some(Arc::new(a)))
+        .map_err(|e| invalid("auth", e.to_string()))
 }
 
 fn validate_cors(cors: &RawCors) -> Result<Cors, ConfigError> {
@@ -714,9 +864,10 @@ mod tests {
     }
 
     #[test]
-    fn the_example_config_is_valid() {
-        let text = include_str!("../../../gateway.toml");
-        check(text).unwrap();
+    fn the_example_configs_are_valid() {
+        check(include_str!("../../../gateway.toml")).unwrap();
+        let embedded = check(include_str!("../../../gateway.embedded.toml")).unwrap();
+        assert_eq!(embedded.bus, BusKind::Memory);
     }
 
     #[test]

@@ -139,6 +139,14 @@ impl ApiError {
         Self::new(400, "bad_request", message)
     }
 
+    /// 401 (no or invalid token) or 403 (the token does not cover a topic).
+    pub fn denied(denied: &sse_auth::Denied) -> Self {
+        match denied {
+            sse_auth::Denied::Forbidden(message) => Self::new(403, "forbidden", message.clone()),
+            other => Self::new(401, "unauthorized", other.message().to_owned()),
+        }
+    }
+
     /// 503: the gateway is shutting down.
     pub fn draining(retry_after_secs: u64) -> Self {
         Self {

@@ -33,7 +33,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::ListenerConfig;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::background_service;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
@@ -70,7 +72,6 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
     if let Some(path) = cli.check_config {
         return match Config::load(&path) {
             Ok(_) => {
@@ -93,6 +94,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_tracing(config.log_json);
     match run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -102,15 +104,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Pingora opens listeners on its own threads and panics there when one cannot be bound
+/// (the port was free at the preflight check and taken since): the process would go on
+/// without it. Exit instead, non-zero, with the reason.
+fn exit_if_a_listener_fails() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Failed to build listeners") {
+            eprintln!("sse-gateway: cannot listen: {message}");
+            std::process::exit(i32::from(EXIT_STARTUP));
+        }
+    }));
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`, Pingora's own at `warn`);
+/// one JSON object per line with `log.format = "json"`.
+fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
@@ -158,6 +187,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         server.configuration.clone(),
     );
     proxy.handle_init_modules();
+    if gateway.config.server.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        proxy.server_options = Some(options);
+    }
     let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy));
     let mut public = Service::new("public".to_owned(), front);
     // No per-connection L4 buffers: the front reads request heads into its own small
@@ -167,6 +201,13 @@ fn run(config: Config) -> anyhow::Result<()> {
         ListenerConfig::tcp(server_conf.listen.to_string())
             .l4_buffer(L4BufferSettings::unbuffered()),
     );
+    if let Some(tls) = &gateway.config.tls {
+        preflight::check_bindable("tls.listen", tls.listen)?;
+        let mut settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
+            .map_err(|e| anyhow::anyhow!("tls: cannot load the certificate or key: {e}"))?;
+        settings.enable_h2();
+        public.add_listener(ListenerConfig::tcp(tls.listen.to_string()).tls(settings));
+    }
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
     admin.add_tcp(&gateway.config.admin_listen.to_string());
     admin.threads = Some(1);
@@ -183,6 +224,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         admin = %gateway.config.admin_listen,
         "sse-gateway starting"
     );
+    exit_if_a_listener_fails();
     server.run(RunArgs {
         shutdown_signal: Box::new(shutdown::DrainOnSignal::new(Arc::clone(&gateway))),
     });

@@ -10,11 +10,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use tokio::io::AsyncReadExt;
 
 use crate::admission::{self, Refusal};
 use crate::cors::Headers;
@@ -22,7 +24,7 @@ use crate::http_error::ApiError;
 use crate::publish;
 use crate::request::is_events_path;
 use crate::routes::Routes;
-use crate::sse::{self, StreamRequest};
+use crate::sse::{self, StreamRequest, Transport};
 use crate::state::Gateway;
 
 /// The public listener's request handling inside Pingora.
@@ -102,41 +104,122 @@ impl EdgeProxy {
         Ok(true)
     }
 
-    /// `/events` on a connection Pingora kept alive.
+    /// `/events` on a connection Pingora kept alive (HTTP/1), or any HTTP/2 stream.
     async fn open_stream(&self, session: &mut Session, client: IpAddr) -> Result<bool> {
+        let h2 = session.as_downstream().is_http2();
         let req = session.req_header();
         let method = req.method.as_str().to_owned();
         let path = req.uri.path().to_owned();
         let query = req.uri.query().map(str::to_owned);
-        let http10 = req.version == pingora::http::Version::HTTP_10;
+        let transport = if h2 {
+            Transport::Framed
+        } else if req.version == pingora::http::Version::HTTP_10 {
+            Transport::Http10
+        } else {
+            Transport::Http11
+        };
         let last_event_id = req
             .headers
             .get("last-event-id")
             .map(|v| v.as_bytes().to_vec());
+        let cors = self.cors_headers(session);
+        let authorization = req
+            .headers
+            .get("authorization")
+            .map(|v| v.as_bytes().to_vec());
+        let cookies: Vec<Vec<u8>> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes().to_vec())
+            .collect();
         let request = StreamRequest {
             method: &method,
             path: &path,
             query: query.as_deref(),
-            http10,
+            transport,
             last_event_id: last_event_id.as_deref(),
             client,
-            cors: self.cors_headers(session),
+            cors: cors.clone(),
+            authorization: authorization.as_deref(),
+            cookies: cookies.iter().map(Vec::as_slice).collect(),
         };
         let admitted = match sse::admit(&self.gateway, &request).await {
             Ok(a) => a,
             Err(refusal) => return self.refuse(session, refusal).await,
         };
+        if h2 {
+            return self.serve_framed(session, admitted, client, cors).await;
+        }
         match take_http1_stream(session) {
             Some(stream) => sse::spawn(&self.gateway, stream, admitted, client),
             None => {
                 drop(admitted);
-                let error = ApiError::method_not_allowed("this protocol", "GET over HTTP/1.1");
+                let error = ApiError::method_not_allowed("this protocol", "GET");
                 return self.refuse(session, Refusal::bad_request(error)).await;
             }
         }
         Ok(true)
     }
+
+    /// An HTTP/2 stream: Pingora writes the head and frames the body; the hub's writer
+    /// runs over an in-process pipe whose bytes are relayed here, until either side ends.
+    async fn serve_framed(
+        &self,
+        session: &mut Session,
+        admitted: sse::Admitted,
+        client: IpAddr,
+        cors: Headers,
+    ) -> Result<bool> {
+        let mut head = ResponseHeader::build(200, Some(3 + cors.len()))?;
+        head.insert_header("Content-Type", "text/event-stream")?;
+        head.insert_header("Cache-Control", "no-cache")?;
+        head.insert_header("X-Accel-Buffering", "no")?;
+        for (name, value) in cors {
+            head.insert_header(name, value)?;
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        let (ours, mut theirs) = tokio::io::duplex(RELAY_BUFFER);
+        sse::spawn(&self.gateway, ours, admitted, client);
+        let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+        loop {
+            tokio::select! {
+                read = theirs.read_buf(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let chunk = buf.split().freeze();
+                        if session.write_response_body(Some(chunk), false).await.is_err() {
+                            return Ok(true);
+                        }
+                        buf.reserve(RELAY_BUFFER);
+                    }
+                },
+                // The client resets the stream: dropping the pipe ends the writer.
+                _ = session.downstream_session.read_body_or_idle(true) => return Ok(true),
+            }
+        }
+        session.write_response_body(None, true).await?;
+        Ok(true)
+    }
 }
+
+/// The browser demo page.
+const DEMO_PATH: &str = "/demo";
+const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+
+async fn serve_demo(session: &mut Session) -> Result<bool> {
+    let body = bytes::Bytes::from_static(DEMO_PAGE.as_bytes());
+    let mut head = ResponseHeader::build(200, Some(3))?;
+    head.insert_header("Content-Type", "text/html; charset=utf-8")?;
+    head.insert_header("Content-Length", body.len().to_string())?;
+    head.insert_header("Cache-Control", "no-cache")?;
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+/// Bytes in flight between the writer and an HTTP/2 stream.
+const RELAY_BUFFER: usize = 64 * 1024;
 
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
@@ -166,6 +249,9 @@ impl ProxyHttp for EdgeProxy {
         if let Err(refusal) = admission::check_rate(&self.gateway, client) {
             return self.refuse(session, refusal).await;
         }
+        if path == DEMO_PATH {
+            return serve_demo(session).await;
+        }
         if publish::is_publish_path(&path) {
             if preflight {
                 return self.preflight(session, "POST, OPTIONS").await;
@@ -175,6 +261,7 @@ impl ProxyHttp for EdgeProxy {
         }
         if let Some(index) = self.routes.index_of(&path) {
             ctx.route = Some(index);
+            strip_access_token(session)?;
             return Ok(false);
         }
         ApiError::not_found(&path).send(session).await?;
@@ -267,6 +354,36 @@ impl ProxyHttp for EdgeProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Removes `access_token` from the query of a proxied request: the gateway's token is
+/// not the upstream's business, and a URL is the kind of thing that ends up in logs.
+fn strip_access_token(session: &mut Session) -> Result<()> {
+    let uri = &session.req_header().uri;
+    let Some(query) = uri.query() else {
+        return Ok(());
+    };
+    if !query
+        .split('&')
+        .any(|p| p.split('=').next() == Some(sse_auth::QUERY_PARAM))
+    {
+        return Ok(());
+    }
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.split('=').next() != Some(sse_auth::QUERY_PARAM))
+        .collect();
+    let path = uri.path();
+    let target = if kept.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", kept.join("&"))
+    };
+    let uri = target
+        .parse()
+        .map_err(|_| Error::explain(ErrorType::InternalError, "cannot rewrite the request URI"))?;
+    session.req_header_mut().set_uri(uri);
+    Ok(())
 }
 
 /// Takes the HTTP/1 connection out of Pingora, leaving an inert session behind for

@@ -10,6 +10,7 @@ use sse_hub::TopicName;
 
 use crate::cors::Headers;
 use crate::http_error::ApiError;
+use crate::metrics::Outcome;
 use crate::state::Gateway;
 
 /// The path prefix of the publish API.
@@ -91,7 +92,12 @@ pub async fn handle(
             session.write_response_header(Box::new(head), false).await?;
             session.write_response_body(Some(body), true).await?;
         }
-        Err(error) => error.with_headers(cors).send(session).await?,
+        Err(error) => {
+            if matches!(error.status, 401 | 403) {
+                gateway.metrics.count(Outcome::Unauthorized);
+            }
+            error.with_headers(cors).send(session).await?;
+        }
     }
     Ok(true)
 }
@@ -102,6 +108,21 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
         return Err(ApiError::method_not_allowed(req.method.as_str(), "POST"));
     }
     let request = parse(req.uri.path(), req.uri.query())?;
+    if let Some(auth) = &gateway.config.auth {
+        let cookies: Vec<&[u8]> = req
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let token = auth.token_from(
+            req.headers.get("authorization").map(|v| v.as_bytes()),
+            &cookies,
+            req.uri.query(),
+        );
+        auth.check_publish(token.as_deref(), request.topic.as_str())
+            .map_err(|d| ApiError::denied(&d))?;
+    }
     let body = read_body(session).await?;
     if std::str::from_utf8(&body).is_err() {
         return Err(ApiError::bad_request(

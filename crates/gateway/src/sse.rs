@@ -52,14 +52,29 @@ pub struct StreamRequest<'a> {
     pub path: &'a str,
     /// Raw query.
     pub query: Option<&'a str>,
-    /// HTTP/1.0 (no chunked encoding).
-    pub http10: bool,
+    /// How the response goes out.
+    pub transport: Transport,
     /// The `Last-Event-ID` header.
     pub last_event_id: Option<&'a [u8]>,
     /// The client's address (after trusted proxies).
     pub client: IpAddr,
     /// CORS headers for the response (empty when the origin is not allowed).
     pub cors: Headers,
+    /// Where a token may be: the `Authorization` header …
+    pub authorization: Option<&'a [u8]>,
+    /// … and the `Cookie` headers (and `access_token` in the query).
+    pub cookies: Vec<&'a [u8]>,
+}
+
+/// How a stream's response is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// HTTP/1.1: our head, chunked body.
+    Http11,
+    /// HTTP/1.0: our head, body until close.
+    Http10,
+    /// Pingora writes the head and frames the body (HTTP/2): body bytes only.
+    Framed,
 }
 
 /// A stream that passed admission: everything it holds is released when it ends.
@@ -89,6 +104,12 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
         sse.max_topics_per_connection,
     )
     .map_err(|e| Refusal::bad_request(e.into()))?;
+    if let Some(auth) = &gateway.config.auth {
+        let token = auth.token_from(req.authorization, &req.cookies, req.query);
+        let topics: Vec<&str> = request.topics.iter().map(|t| t.as_str()).collect();
+        auth.check_subscribe(token.as_deref(), &topics)
+            .map_err(Refusal::denied)?;
+    }
     // The header is what EventSource sends on reconnect: it wins over the query.
     let last_event_id = match req.last_event_id {
         Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
@@ -110,12 +131,11 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
     if gateway.is_draining() {
         return Err(Refusal::draining(gateway));
     }
-    let (head, framing) = if req.http10 {
-        (HEAD_CLOSE, BodyFraming::Raw)
-    } else {
-        (HEAD_CHUNKED, BodyFraming::Chunked)
+    let (head, framing) = match req.transport {
+        Transport::Http11 => (with_headers(HEAD_CHUNKED, &req.cors), BodyFraming::Chunked),
+        Transport::Http10 => (with_headers(HEAD_CLOSE, &req.cors), BodyFraming::Raw),
+        Transport::Framed => (Bytes::new(), BodyFraming::Raw),
     };
-    let head = with_headers(head, &req.cors);
     Ok(Admitted {
         sub,
         slot,

@@ -55,11 +55,27 @@ pub fn free_port() -> u16 {
 /// `n` distinct free loopback ports: all are held while picking, so they differ from each
 /// other. Same caveat as [`free_port`].
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("cannot bind a loopback TCP port"))
-        .collect();
-    listeners
-        .iter()
+    // Outside the kernel's ephemeral range (32768-60999 on Linux), so that sockets other
+    // tests bind to port 0 meanwhile cannot take a port handed out here before its
+    // process binds it.
+    const RANGE: std::ops::Range<u16> = 20_000..32_000;
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    let mut seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+    while held.len() < n {
+        // xorshift: different tests (processes, threads) pick different ports.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let port = RANGE.start + (seed % u64::from(RANGE.end - RANGE.start)) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    held.iter()
         .map(|l| {
             l.local_addr()
                 .expect("a bound listener has an address")

@@ -9,6 +9,7 @@
 
 pub mod head;
 pub mod respond;
+pub mod rewound;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,18 +18,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{ALPN, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
 use self::head::{HeadError, MAX_REQUEST_LINE, RequestHead, read_head};
+use self::rewound::Rewound;
 use crate::admission::Refusal;
 use crate::http_error::ApiError;
 use crate::metrics::{Outcome, Rejection};
 use crate::proxy::EdgeProxy;
 use crate::request::is_events_path;
-use crate::sse::{self, StreamRequest};
+use crate::sse::{self, StreamRequest, Transport};
 use crate::state::Gateway;
 
 /// How long a kept-alive connection may wait for its next request.
@@ -72,9 +74,20 @@ impl ServerApp for PublicApp {
             tracing::debug!("connection without a peer address; closing");
             return None;
         };
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            // HTTP/2 over TLS: Pingora's HTTP/2 server takes the whole connection.
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
         let header_timeout = gateway.config.server.header_timeout;
         let mut buf = BytesMut::new();
         let mut idle = header_timeout;
+        if gateway.config.server.h2c {
+            match sniff_h2c(&mut stream, &mut buf, header_timeout).await {
+                Some(true) => return self.delegate(stream, buf, shutdown).await,
+                Some(false) => {}
+                None => return None,
+            }
+        }
         loop {
             let head = match read_head(&mut stream, &mut buf, idle, header_timeout).await {
                 Ok(head) => head,
@@ -115,10 +128,16 @@ impl ServerApp for PublicApp {
                 method: &head.method,
                 path: head.path(),
                 query: head.query(),
-                http10: head.minor_version == 0,
+                transport: if head.minor_version == 0 {
+                    Transport::Http10
+                } else {
+                    Transport::Http11
+                },
                 last_event_id: head.header("last-event-id"),
                 client: crate::admission::client_ip(gateway, peer, &forwarded),
                 cors: cors_headers.clone(),
+                authorization: head.header("authorization"),
+                cookies: head.header_values("cookie").collect(),
             };
             match sse::admit(gateway, &request).await {
                 Ok(admitted) => {
@@ -144,6 +163,32 @@ impl ServerApp for PublicApp {
     async fn cleanup(&self) {
         ServerApp::cleanup(&*self.proxy).await;
     }
+}
+
+/// The HTTP/2 connection preface a cleartext (h2c) client starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads the connection's first bytes into `buf`: `Some(true)` when they are the HTTP/2
+/// preface, `Some(false)` for anything else, `None` when the client sent nothing in time.
+async fn sniff_h2c(stream: &mut Stream, buf: &mut BytesMut, timeout: Duration) -> Option<bool> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        loop {
+            let n = buf.len().min(H2_PREFACE.len());
+            if buf[..n] != H2_PREFACE[..n] {
+                return Some(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Some(true);
+            }
+            buf.reserve(1024);
+            match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok().flatten()
 }
 
 /// Whether the connection can serve another request after refusing this one.
@@ -184,15 +229,17 @@ impl PublicApp {
         buf: BytesMut,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let mut l4 = match stream.into_any().downcast::<L4Stream>() {
-            Ok(l4) => l4,
-            Err(_) => {
-                tracing::error!("cannot hand a non-TCP connection to the proxy; closing");
-                return None;
+        let stream: Stream = if stream.as_any().is::<L4Stream>() {
+            match stream.into_any().downcast::<L4Stream>() {
+                Ok(mut l4) => {
+                    l4.rewind(&buf);
+                    l4
+                }
+                Err(_) => return None,
             }
+        } else {
+            Box::new(Rewound::new(buf, stream))
         };
-        l4.rewind(&buf);
-        drop(buf);
-        ServerApp::process_new(&self.proxy, l4, shutdown).await
+        ServerApp::process_new(&self.proxy, stream, shutdown).await
     }
 }

@@ -1,0 +1,262 @@
+//! The [`Authorizer`]: verifies tokens and checks their topic claims.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::{AuthConfigError, VerifyKey, pattern, token};
+
+/// Default name of the cookie that may carry the token (`auth.cookie`).
+pub const DEFAULT_COOKIE: &str = "sse_token";
+
+/// Clock skew allowed when checking `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 5;
+
+/// Longest token accepted, in bytes; longer ones are 401 without being parsed.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+
+/// What the gateway's `[auth]` section says, already read from its files.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// How tokens are verified.
+    pub key: VerifyKey,
+    /// Name of the cookie that may carry the token (default [`DEFAULT_COOKIE`]).
+    pub cookie: String,
+    /// Topic patterns anyone may read without a token (never publish to).
+    pub public_topics: Vec<String>,
+}
+
+impl AuthConfig {
+    /// A configuration with the default cookie name and no public topics.
+    pub fn new(key: VerifyKey) -> Self {
+        Self {
+            key,
+            cookie: DEFAULT_COOKIE.to_owned(),
+            public_topics: Vec::new(),
+        }
+    }
+}
+
+/// Why a request is refused. The message names the problem (and, for
+/// [`Denied::Forbidden`], the topic) but never contains the token.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    /// HTTP 401: a token is needed and missing, or it is malformed, badly signed, expired,
+    /// not yet valid, or signed with another algorithm than the configured one.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// HTTP 403: a valid token whose claims do not cover a requested topic.
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl Denied {
+    /// The human-readable message (the same text as `Display`).
+    pub fn message(&self) -> &str {
+        match self {
+            Denied::Unauthorized(m) | Denied::Forbidden(m) => m,
+        }
+    }
+}
+
+/// The claims this gateway reads; anything else in the token is ignored.
+#[derive(Debug, Default, Deserialize)]
+struct Claims {
+    #[serde(default)]
+    subscribe: Option<Vec<String>>,
+    #[serde(default)]
+    publish: Option<Vec<String>>,
+}
+
+/// Verifies tokens and decides, per request, which topics they open. Build it once at
+/// start-up and share it; every check is synchronous and allocation-light.
+pub struct Authorizer {
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+    cookie: String,
+    public_topics: Vec<String>,
+}
+
+impl fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("algorithm", &self.algorithm)
+            .field("cookie", &self.cookie)
+            .field("public_topics", &self.public_topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authorizer {
+    /// Checks the key (see [`VerifyKey`]), the cookie name and every public topic pattern.
+    pub fn new(config: AuthConfig) -> Result<Self, AuthConfigError> {
+        install_crypto_provider();
+        let AuthConfig {
+            key,
+            cookie,
+            public_topics,
+        } = config;
+        let algorithm = key.algorithm();
+        let decoding_key = key.decoding_key()?;
+        if cookie.is_empty()
+            || !cookie
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+        {
+            return Err(AuthConfigError::Cookie(cookie));
+        }
+        for pattern in &public_topics {
+            if let Some(reason) = pattern::invalid_reason(pattern) {
+                return Err(AuthConfigError::Pattern {
+                    pattern: pattern.clone(),
+                    reason,
+                });
+            }
+        }
+
+        let mut validation = Validation::new(algorithm);
+        validation.required_spec_claims.clear();
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+
+        Ok(Self {
+            algorithm,
+            key: decoding_key,
+            validation,
+            cookie,
+            public_topics,
+        })
+    }
+
+    /// Finds the token of a request: the `Authorization: Bearer <t>` header first, then the
+    /// configured cookie in the `Cookie` header(s), then `access_token` in the raw query
+    /// string (percent-decoded). Empty values count as absent. `None` when there is none.
+    ///
+    /// The token is only found here, not checked: pass it to
+    /// [`check_subscribe`](Self::check_subscribe) or [`check_publish`](Self::check_publish).
+    pub fn token_from<'a>(
+        &self,
+        authorization: Option<&'a [u8]>,
+        cookies: &[&'a [u8]],
+        query: Option<&'a str>,
+    ) -> Option<Cow<'a, str>> {
+        token::find(&self.cookie, authorization, cookies, query)
+    }
+
+    /// May a client read all of `topics`?
+    ///
+    /// Topics covered by a public pattern need no token; when every topic is public the
+    /// token is not even looked at (a stale cookie does not lock anyone out of public
+    /// topics). Otherwise the token must be valid ([`Denied::Unauthorized`]) and its
+    /// `subscribe` claim must cover every other topic ([`Denied::Forbidden`] naming the
+    /// first that is not). A wildcard topic is covered only by patterns that match
+    /// everything it can match. An empty `topics` is allowed.
+    pub fn check_subscribe(&self, token: Option<&str>, topics: &[&str]) -> Result<(), Denied> {
+        let mut private = topics
+            .iter()
+            .filter(|topic| !self.is_public(topic))
+            .peekable();
+        if private.peek().is_none() {
+            return Ok(());
+        }
+        let claims = self.verify(token)?;
+        let allowed = claims.subscribe.unwrap_or_default();
+        match private.find(|topic| !allows(&allowed, topic)) {
+            None => Ok(()),
+            Some(topic) => Err(Denied::Forbidden(format!(
+                "the token does not allow subscribing to topic {topic:?}"
+            ))),
+        }
+    }
+
+    /// May a client publish to `topic`? Always needs a valid token whose `publish` claim
+    /// covers the topic; public topics are read-only.
+    pub fn check_publish(&self, token: Option<&str>, topic: &str) -> Result<(), Denied> {
+        let claims = self.verify(token)?;
+        if allows(&claims.publish.unwrap_or_default(), topic) {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden(format!(
+                "the token does not allow publishing to topic {topic:?}"
+            )))
+        }
+    }
+
+    /// Whether anyone may read `topic` without a token.
+    fn is_public(&self, topic: &str) -> bool {
+        allows(&self.public_topics, topic)
+    }
+
+    /// Verifies the signature, the algorithm and the time claims; returns the claims.
+    fn verify(&self, token: Option<&str>) -> Result<Claims, Denied> {
+        let token = match token {
+            None | Some("") => return Err(unauthorized("a token is required")),
+            Some(t) if t.len() > MAX_TOKEN_LEN => {
+                return Err(unauthorized("the token is too long"));
+            }
+            Some(t) => t,
+        };
+        // Check the header first: it tells an unaccepted algorithm apart from garbage.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            unauthorized("the token is malformed or names an unsupported algorithm")
+        })?;
+        if header.alg != self.algorithm {
+            return Err(self.wrong_algorithm());
+        }
+        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+            Ok(data) => Ok(data.claims),
+            Err(e) => Err(match e.kind() {
+                ErrorKind::InvalidSignature => unauthorized("the token signature is invalid"),
+                ErrorKind::ExpiredSignature => unauthorized("the token has expired"),
+                ErrorKind::ImmatureSignature => {
+                    unauthorized("the token is not valid yet (nbf is in the future)")
+                }
+                ErrorKind::InvalidAlgorithm => self.wrong_algorithm(),
+                ErrorKind::InvalidClaimFormat(claim) => {
+                    unauthorized(format!("the token claim {claim:?} is malformed"))
+                }
+                ErrorKind::Json(_) => unauthorized(
+                    "the token claims are malformed (subscribe and publish must be lists of topic patterns)",
+                ),
+                _ => unauthorized("the token is malformed"),
+            }),
+        }
+    }
+
+    fn wrong_algorithm(&self) -> Denied {
+        unauthorized(format!(
+            "the token is not signed with {:?}, the only algorithm accepted",
+            self.algorithm
+        ))
+    }
+}
+
+fn unauthorized(message: impl Into<String>) -> Denied {
+    Denied::Unauthorized(message.into())
+}
+
+/// Whether some valid pattern of `patterns` covers the valid topic `topic`. Invalid claim
+/// patterns allow nothing; an invalid topic is allowed by nothing.
+fn allows(patterns: &[String], topic: &str) -> bool {
+    pattern::is_valid(topic)
+        && patterns
+            .iter()
+            .any(|p| pattern::is_valid(p) && pattern::covers(p, topic))
+}
+
+/// `jsonwebtoken` cannot pick a crypto backend by itself when both of its backend
+/// features end up enabled in the build; name ours so verification never panics. A
+/// provider installed earlier by someone else is kept.
+fn install_crypto_provider() {
+    let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! Where a request carries its token: header, then cookie, then query (SPEC §6).
+
+use std::borrow::Cow;
+
+/// Query parameter that may carry the token, for clients (`EventSource`) that can set
+/// neither headers nor cookies.
+pub const QUERY_PARAM: &str = "access_token";
+
+/// The first token found: `Authorization: Bearer`, then the cookie `cookie_name` in any
+/// of the `Cookie` headers, then `access_token` in the raw query string. Empty values
+/// count as absent, so a later source is still tried.
+pub(crate) fn find<'a>(
+    cookie_name: &str,
+    authorization: Option<&'a [u8]>,
+    cookies: &[&'a [u8]],
+    query: Option<&'a str>,
+) -> Option<Cow<'a, str>> {
+    if let Some(token) = authorization.and_then(bearer) {
+        return Some(Cow::Borrowed(token));
+    }
+    if let Some(token) = cookies.iter().find_map(|h| cookie(h, cookie_name)) {
+        return Some(Cow::Borrowed(token));
+    }
+    query.and_then(query_param)
+}
+
+/// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 7235).
+fn bearer(value: &[u8]) -> Option<&str> {
+    let value = value.trim_ascii();
+    let scheme = value.get(..6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let rest = &value[6..];
+    if !rest.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+        return None;
+    }
+    non_empty(rest.trim_ascii())
+}
+
+/// The value of cookie `name` in one `Cookie` header (`a=1; b=2`), unquoted.
+fn cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a str> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        if pair[..eq].trim_ascii() != name.as_bytes() {
+            return None;
+        }
+        let value = pair[eq + 1..].trim_ascii();
+        let value = value
+            .strip_prefix(b"\"")
+            .and_then(|v| v.strip_suffix(b"\""))
+            .unwrap_or(value);
+        non_empty(value)
+    })
+}
+
+/// `access_token` from a raw query string, percent-decoded.
+fn query_param(query: &str) -> Option<Cow<'_, str>> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, value)| key == QUERY_PARAM && !value.is_empty())
+        .map(|(_, value)| value)
+}
+
+fn non_empty(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found<'a>(
+        authorization: Option<&'a str>,
+        cookies: &[&'a str],
+        query: Option<&'a str>,
+    ) -> Option<String> {
+        let cookies: Vec<&[u8]> = cookies.iter().map(|c| c.as_bytes()).collect();
+        find(
+            "sse_token",
+            authorization.map(str::as_bytes),
+            &cookies,
+            query,
+        )
+        .map(Cow::into_owned)
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_owned())
+    }
+
+    #[test]
+    fn header_comes_first() {
+        let got = found(
+            Some("Bearer h.h.h"),
+            &["sse_token=c.c.c"],
+            Some("access_token=q.q.q"),
+        );
+        assert_eq!(got, some("h.h.h"));
+    }
+
+    #[test]
+    fn bearer_scheme_forms() {
+        assert_eq!(found(Some("bearer   t.t.t  "), &[], None), some("t.t.t"));
+        assert_eq!(found(Some("BEARER\tt.t.t"), &[], None), some("t.t.t"));
+        assert_eq!(found(Some("Bearert.t.t"), &[], None), None);
+        assert_eq!(found(Some("Bearer "), &[], None), None);
+        assert_eq!(found(Some("Bearer"), &[], None), None);
+        assert_eq!(found(Some("Basic dXNlcjpwYXNz"), &[], None), None);
+    }
+
+    #[test]
+    fn another_scheme_or_empty_bearer_falls_through_to_the_cookie() {
+        assert_eq!(
+            found(Some("Basic dXNlcjpwYXNz"), &["sse_token=c.c.c"], None),
+            some("c.c.c")
+        );
+        assert_eq!(
+            found(Some("Bearer "), &["sse_token=c.c.c"], None),
+            some("c.c.c")
+        );
+    }
+
+    #[test]
+    fn cookie_among_several_cookies_and_headers() {
+        let got = found(
+            None,
+            &["theme=dark; sse_tokenx=no", "a=1;sse_token=c.c.c; b=2"],
+            Some("access_token=q.q.q"),
+        );
+        assert_eq!(got, some("c.c.c"));
+        assert_eq!(
+            found(None, &["x=1; sse_token=\"c.c.c\""], None),
+            some("c.c.c")
+        );
+        assert_eq!(found(None, &["sse_token = c.c.c "], None), some("c.c.c"));
+        // Cookie names are case-sensitive; an empty value counts as absent.
+        assert_eq!(found(None, &["SSE_TOKEN=c.c.c"], None), None);
+        assert_eq!(
+            found(None, &["sse_token=; other=1"], Some("access_token=q")),
+            some("q")
+        );
+        assert_eq!(found(None, &["sse_token"], None), None);
+    }
+
+    #[test]
+    fn query_is_percent_decoded() {
+        assert_eq!(
+            found(
+                None,
+                &["other=1"],
+                Some("topic=a&access_token=ey%4A.p%2Eq.s_-")
+            ),
+            some("eyJ.p.q.s_-")
+        );
+        assert_eq!(found(None, &[], Some("access%5Ftoken=k")), some("k"));
+        assert_eq!(
+            found(None, &[], Some("access_token=&access_token=second")),
+            some("second")
+        );
+        assert_eq!(found(None, &[], Some("topic=a")), None);
+        assert_eq!(found(None, &[], Some("")), None);
+        assert_eq!(found(None, &[], None), None);
+    }
+
+    #[test]
+    fn borrowed_unless_decoding_was_needed() {
+        let plain = find("sse_token", None, &[], Some("access_token=a.b.c"));
+        assert!(matches!(plain, Some(Cow::Borrowed("a.b.c"))));
+        let header = find("sse_token", Some(b"Bearer a.b.c"), &[], None);
+        assert!(matches!(header, Some(Cow::Borrowed("a.b.c"))));
+        let cookie = find("sse_token", None, &[b"sse_token=a.b.c"], None);
+        assert!(matches!(cookie, Some(Cow::Borrowed("a.b.c"))));
+    }
+}

@@ -1,0 +1,150 @@
+//! A connection with bytes put back in front of it.
+//!
+//! The front reads a request head before knowing who serves it; when Pingora's proxy
+//! does, it must see those bytes again. Plain TCP streams can take them back
+//! themselves (`rewind`); this wrapper does it for any stream (TLS included), answering
+//! every other question about the connection from the stream inside.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Stream, TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// `inner` with `prefix` to be read first.
+#[derive(Debug)]
+pub struct Rewound {
+    prefix: BytesMut,
+    inner: Stream,
+}
+
+impl Rewound {
+    /// Puts `prefix` back in front of `inner`.
+    pub fn new(prefix: BytesMut, inner: Stream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewound {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewound {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Rewound {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Rewound {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Rewound {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Rewound {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for Rewound {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Rewound {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl Peek for Rewound {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        use tokio::io::AsyncReadExt;
+        // Read what is asked for (prefix first), then keep it in front.
+        let mut taken = BytesMut::with_capacity(buf.len());
+        while taken.len() < buf.len() {
+            let mut chunk = vec![0u8; buf.len() - taken.len()];
+            let n = self.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            taken.extend_from_slice(&chunk[..n]);
+        }
+        buf.copy_from_slice(&taken);
+        let rest = std::mem::take(&mut self.prefix);
+        taken.extend_from_slice(&rest);
+        self.prefix = taken;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn the_prefix_is_read_first_and_peeks_do_not_consume() {
+        let inner: Stream = Box::new(std::io::Cursor::new(b" world".to_vec()));
+        let mut s = Rewound::new(BytesMut::from(&b"hello"[..]), inner);
+        let mut peeked = [0u8; 7];
+        assert!(s.try_peek(&mut peeked).await.unwrap());
+        assert_eq!(&peeked, b"hello w");
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello world");
+    }
+}
