@@ -15,5 +15,5 @@ fi
 mkdir -p "$DIR"
 sed -e "s#__DIR__#$DIR#g" -e "s#__PORT__#$PORT#g" "$HERE/nginx.conf.template" > "$DIR/nginx.conf"
 ulimit -n 20000 || true
-nginx -c "$DIR/nginx.conf" -p "$DIR" &
+nginx -c "$DIR/nginx.conf" -p "$DIR" > "$DIR/stdout.log" 2>&1 &
 echo $!

@@ -211,7 +211,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
     admin.add_tcp(&gateway.config.admin_listen.to_string());
     admin.threads = Some(1);
-    let upstream = background_service("upstream", upstream::UpstreamService::new(gateway.clone()));
+    let mut upstream =
+        background_service("upstream", upstream::UpstreamService::new(gateway.clone()));
+    // One thread is plenty for the NATS client and housekeeping; the cores are for streams.
+    upstream.threads = Some(1);
 
     server.add_service(public);
     server.add_service(admin);

@@ -97,6 +97,13 @@ const MAX_INPUT: usize = 16 * 1024;
 const MAX_ROUNDS: usize = 32;
 /// Room kept in front of a chunk for its size line: 8 hex digits and CRLF.
 const CHUNK_HEADER_ROOM: usize = 10;
+/// A worker thread's scratch buffer is given back when it grew past this.
+const MAX_SCRATCH: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// Per worker thread: batches are built here and written straight from it.
+    static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
 
 /// Serves one stream until it ends: writes `head` (e.g. an HTTP response head) and the
 /// opening `retry:` and comment at once, then frames as they come.
@@ -136,6 +143,8 @@ struct Writer<'c, S> {
     out_frames: usize,
     out_oldest: Option<Instant>,
     timer: Pin<Box<Sleep>>,
+    /// The timer holds this task's waker for its current deadline.
+    timer_registered: bool,
     last_write: Instant,
     blocked_since: Option<Instant>,
     phase: Phase,
@@ -156,6 +165,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             out_frames: 0,
             out_oldest: None,
             timer: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
+            timer_registered: false,
             last_write: now,
             blocked_since: None,
             phase: Phase::Streaming,
@@ -183,9 +193,8 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
-        if let Some(end) = self.poll_input(cx) {
-            return Poll::Ready(self.finish(end));
-        }
+        // The socket's read side is polled when there is nothing to write (a busy stream
+        // learns of a closed client from its next write, which fails at once).
         for _ in 0..MAX_ROUNDS {
             if matches!(self.phase, Phase::Streaming) && self.sub.is_closing() {
                 let spread = self.config.drain_spread.mul_f64(fastrand::f64());
@@ -211,6 +220,9 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                             break;
                         }
                     }
+                    if let Some(end) = self.poll_input(cx) {
+                        return Poll::Ready(self.finish(end));
+                    }
                     return self.poll_timer(cx);
                 }
             }
@@ -221,8 +233,14 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             }
             match self.fill(cx) {
                 Fill::Frames => continue,
+                Fill::Failed(e) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
                 Fill::Lost(dropped) => return Poll::Ready(self.cut_slow(dropped)),
-                Fill::Idle => return self.poll_timer(cx),
+                Fill::Idle => {
+                    if let Some(end) = self.poll_input(cx) {
+                        return Poll::Ready(self.finish(end));
+                    }
+                    return self.poll_timer(cx);
+                }
             }
         }
         // Busy stream: let other tasks run, come back at once.
@@ -301,46 +319,77 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
     }
 
-    /// Moves the next frames from the hub into `out` (which is empty).
+    /// Moves the next frames from the hub into one batch and writes as much of it as the
+    /// socket takes now. The batch is built in a per-thread scratch buffer: a stream keeps
+    /// bytes of its own (`out`) only when its socket is full.
     fn fill(&mut self, cx: &mut Context<'_>) -> Fill {
         debug_assert!(self.out.is_empty());
         if self.sub.poll_ready(cx).is_pending() {
             self.out = BytesMut::new();
             return Fill::Idle;
         }
-        let framed = matches!(self.framing, BodyFraming::Chunked);
-        if framed {
-            self.out.extend_from_slice(&[0; CHUNK_HEADER_ROOM]);
-        }
-        let drained = self.sub.drain_into(
-            &mut self.out,
-            self.config
-                .max_write_frames
-                .min(self.config.client_buffer)
-                .max(1),
-            self.config.max_write_bytes,
-        );
-        if drained.lost > 0 {
-            // Everything not yet read is lost to this client, the evicted frames included.
-            return Fill::Lost(self.sub.backlog());
-        }
-        if drained.frames == 0 {
-            self.out.clear();
-            // Readiness was spurious (or frames above the watermark are still landing).
-            cx.waker().wake_by_ref();
-            return Fill::Idle;
-        }
-        if framed {
-            let len = self.out.len() - CHUNK_HEADER_ROOM;
-            let header = ChunkHeader::new(len);
-            let skip = CHUNK_HEADER_ROOM - header.as_bytes().len();
-            self.out[skip..CHUNK_HEADER_ROOM].copy_from_slice(header.as_bytes());
-            self.out.advance(skip);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.out_frames = drained.frames;
-        self.out_oldest = drained.oldest;
-        Fill::Frames
+        SCRATCH.with(|scratch| {
+            let Ok(mut buf) = scratch.try_borrow_mut() else {
+                // Not reentrant; cannot happen (no await, no callback in between).
+                return Fill::Idle;
+            };
+            buf.clear();
+            let framed = matches!(self.framing, BodyFraming::Chunked);
+            if framed {
+                buf.extend_from_slice(&[0; CHUNK_HEADER_ROOM]);
+            }
+            let drained = self.sub.drain_into(
+                &mut buf,
+                self.config
+                    .max_write_frames
+                    .min(self.config.client_buffer)
+                    .max(1),
+                self.config.max_write_bytes,
+            );
+            if drained.lost > 0 {
+                // Everything not yet read is lost to this client, the evicted frames included.
+                return Fill::Lost(self.sub.backlog());
+            }
+            if drained.frames == 0 {
+                // Readiness was spurious (or frames above the watermark are still landing).
+                cx.waker().wake_by_ref();
+                return Fill::Idle;
+            }
+            let mut start = 0;
+            if framed {
+                let len = buf.len() - CHUNK_HEADER_ROOM;
+                let header = ChunkHeader::new(len);
+                start = CHUNK_HEADER_ROOM - header.as_bytes().len();
+                buf[start..CHUNK_HEADER_ROOM].copy_from_slice(header.as_bytes());
+                buf.extend_from_slice(b"\r\n");
+            }
+            self.out_frames = drained.frames;
+            self.out_oldest = drained.oldest;
+            let mut written = start;
+            while written < buf.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &buf[written..]) {
+                    Poll::Ready(Ok(0)) => return Fill::Failed(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => {
+                        written += n;
+                        self.bytes_sent += n as u64;
+                        self.last_write = Instant::now();
+                        self.blocked_since = None;
+                    }
+                    Poll::Ready(Err(e)) => return Fill::Failed(e),
+                    Poll::Pending => {
+                        self.blocked_since.get_or_insert_with(Instant::now);
+                        break;
+                    }
+                }
+            }
+            if written < buf.len() {
+                self.out.extend_from_slice(&buf[written..]);
+            }
+            if buf.capacity() > MAX_SCRATCH {
+                *buf = BytesMut::new();
+            }
+            Fill::Frames
+        })
     }
 
     /// With a write pending: cut the client if it is too far behind.
@@ -379,11 +428,25 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 // Closing with nothing blocked cannot wait here; poll() finishes it.
                 (Phase::Closing, None) => return Poll::Pending,
             };
-            if self.timer.deadline() != deadline {
+            // The deadline moves later with every write; re-arming the timer each time
+            // would cost a timer-wheel update per write. Only an earlier deadline re-arms
+            // it; a timer that fires early is re-armed then.
+            if deadline < self.timer.deadline() || self.timer.is_elapsed() {
                 self.timer.as_mut().reset(deadline);
+                self.timer_registered = false;
+            }
+            // Registered once per arming: the task's waker does not change.
+            if self.timer_registered && !self.timer.is_elapsed() {
+                return Poll::Pending;
             }
             if self.timer.as_mut().poll(cx).is_pending() {
+                self.timer_registered = true;
                 return Poll::Pending;
+            }
+            self.timer_registered = false;
+            if Instant::now() < deadline {
+                self.timer.as_mut().reset(deadline);
+                continue;
             }
             if self.blocked_since.is_some() {
                 self.sub.hub().metrics().write_timeouts.inc();
@@ -463,6 +526,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
 
 enum Fill {
     Frames,
+    Failed(io::Error),
     Lost(u64),
     Idle,
 }

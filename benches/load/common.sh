@@ -1,0 +1,98 @@
+# Shared by the load scenarios: release builds, a nats-server, the gateway and (when
+# asked) Nchan, all on free loopback ports, torn down on exit. Source it.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+WORK="$(mktemp -d)"
+RESULTS="${RESULTS:-$ROOT/benches/load/results}"
+mkdir -p "$RESULTS"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nchan/nginx.pid" ] && kill -QUIT "$(cat "$WORK/nchan/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ulimit -n "$(ulimit -Hn)"
+
+cargo build --release -q -p sse-gateway -p sse-loadgen --manifest-path "$ROOT/Cargo.toml"
+GATEWAY="$ROOT/target/release/sse-gateway"
+LOADGEN="$ROOT/target/release/sse-loadgen"
+NATS_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_http() {
+  for _ in $(seq 1 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    sleep 0.05
+  done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+start_nats() {
+  NATS_PORT=$(free_port)
+  "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -l "$WORK/nats.log" & PIDS+=($!)
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null && break; sleep 0.05; done
+}
+
+# start_gateway [extra toml]: a release gateway on NATS with limits out of the way.
+start_gateway() {
+  PORT=$(free_port); ADMIN=$(free_port)
+  cat > "$WORK/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:$PORT"
+threads = 2
+[admin]
+listen = "127.0.0.1:$ADMIN"
+[nats]
+url = "nats://127.0.0.1:$NATS_PORT"
+[limits]
+max_connections = 1000000
+max_connections_per_ip = 1000000
+connect_rate_per_ip = 100000000
+connect_burst_per_ip = 100000000
+${1:-}
+TOML
+  RUST_LOG=warn "$GATEWAY" --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" & GATEWAY_PID=$!
+  PIDS+=($GATEWAY_PID)
+  wait_http "http://127.0.0.1:$ADMIN/readyz"
+  GATEWAY_URL="http://127.0.0.1:$PORT"
+}
+
+# start_nchan: nginx + nchan with 2 workers (benches/nchan).
+start_nchan() {
+  NCHAN_PORT=$(free_port)
+  NCHAN_PID=$("$ROOT/benches/nchan/start.sh" "$NCHAN_PORT" "$WORK/nchan")
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$NCHAN_PORT") 2>/dev/null && break; sleep 0.05; done
+  NCHAN_URL="http://127.0.0.1:$NCHAN_PORT"
+}
+
+# gateway_run <label> <loadgen args…>: one JSON line tagged with server and label.
+# A run that does not finish within RUN_TIMEOUT seconds (a server that buffers without
+# bound) is recorded as {"timed_out": true}.
+RUN_TIMEOUT=${RUN_TIMEOUT:-120}
+
+tagged() { # server label: tag the JSON line read on stdin (or a timeout marker)
+  python3 -c '
+import json,sys
+text=sys.stdin.read().strip()
+d=json.loads(text) if text else {"timed_out": True}
+d["server"]=sys.argv[1]; d["label"]=sys.argv[2]; print(json.dumps(d))' "$1" "$2"
+}
+
+gateway_run() {
+  local label=$1; shift
+  timeout "$RUN_TIMEOUT" "$LOADGEN" run --url "$GATEWAY_URL" --nats "nats://127.0.0.1:$NATS_PORT" \
+    --server-pid "$GATEWAY_PID" "$@" 2>"$WORK/last.txt" \
+    | tagged sse-gateway "$label" | tee -a "$RESULTS/results.jsonl" || true
+  tail -n 22 "$WORK/last.txt" >&2
+}
+
+nchan_run() {
+  local label=$1; shift
+  timeout "$RUN_TIMEOUT" "$LOADGEN" run --url "$NCHAN_URL" --sub-path '/sub/{topic}' \
+    --publish-http "$NCHAN_URL/pub/{topic}" --server-pid "$NCHAN_PID" "$@" 2>"$WORK/last.txt" \
+    | tagged nchan "$label" | tee -a "$RESULTS/results.jsonl" || true
+  tail -n 22 "$WORK/last.txt" >&2
+}

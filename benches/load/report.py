@@ -1,0 +1,54 @@
+"""Markdown tables from benches/load results (scenarios.sh).
+
+python3 benches/load/report.py benches/load/results/results.jsonl
+"""
+import json, statistics, sys
+
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+
+def fmt(v, digits=1):
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 1 else f"{v:,.{digits}f}"
+    return f"{v:,}"
+
+def table(title, prefix, cols):
+    picked = [r for r in rows if r.get("label", "").startswith(prefix)]
+    if not picked:
+        return
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(["server", "run"] + [c[0] for c in cols]) + " |")
+    print("|" + "---|" * (len(cols) + 2))
+    for r in picked:
+        if r.get("timed_out"):
+            print(f"| {r['server']} | {r['label']} | " + " | ".join(["timed out"] + [""] * (len(cols) - 1)) + " |")
+            continue
+        print(f"| {r['server']} | {r['label']} | " + " | ".join(fmt(f(r)) for _, f in cols) + " |")
+
+table("Idle connections", "idle-", [
+    ("connected", lambda r: r["clients_ok"]),
+    ("setup /s", lambda r: round(r["setup_rate_per_s"] or 0)),
+    ("RSS per conn (B)", lambda r: round(r["server_rss_per_conn_bytes"] or 0)),
+])
+stream_cols = [
+    ("msg/s", lambda r: round(r["rate"])),
+    ("delivered /s", lambda r: round(r["delivered_per_s"] or 0)),
+    ("loss", lambda r: r["loss"]),
+    ("cut", lambda r: r["closed_early_total"]),
+    ("p50 ms", lambda r: r["latency_p50_ms"]),
+    ("p99 ms", lambda r: r["latency_p99_ms"]),
+    ("server µs/event", lambda r: round(r["server_cpu_us_per_event"] or 0, 3)),
+    ("generator µs/event", lambda r: round(r["gen_cpu_us_per_event"] or 0, 3)),
+]
+table("Throughput: 1,000 clients, 1 topic", "throughput-1k", stream_cols)
+table("Throughput: 10,000 clients, 1 topic", "throughput-10k", stream_cols)
+table("Latency: 10,000 clients, 100 topics, 1,000 msg/s", "latency-", stream_cols)
+
+lat = {}
+for r in rows:
+    if r.get("label", "").startswith("latency-") and not r.get("timed_out"):
+        lat.setdefault(r["server"], []).append(r["latency_p99_ms"])
+if lat:
+    print("\nMedian p99 over the latency trials: " + ", ".join(
+        f"{s} {statistics.median(v):.2f} ms ({len(v)} runs)" for s, v in sorted(lat.items())))

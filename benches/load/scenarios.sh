@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The headline scenarios, sse-gateway and Nchan side by side in one run, same generator
+# (sse-loadgen, on the same 2 cores):
+#   idle        18,000 idle streams: RSS per connection, connection setup rate
+#   throughput  1,000 clients on 1 topic: the gateway at 20,000 msg/s (20 M events/s),
+#               Nchan at rising rates to find what it sustains without loss;
+#               10,000 clients on 1 topic: the gateway at 500 msg/s (5 M events/s), Nchan
+#               at rising rates
+#   latency     10,000 clients over 100 topics, 1,000 msg/s in all, 5 trials each,
+#               alternating servers
+# Results: one JSON line per run in benches/load/results/results.jsonl (a run that does
+# not finish within RUN_TIMEOUT s is recorded as timed out).
+#   benches/load/scenarios.sh [idle|throughput|latency|all]
+source "$(dirname "$0")/common.sh"
+WHAT=${1:-all}
+start_nats
+# A client may be up to 4,096 frames behind while its socket is full (default 256):
+# the generator shares the 2 cores and falls behind for a few ms at times.
+start_gateway "[sse]
+client_buffer = 4096"
+start_nchan
+
+if [[ $WHAT == idle || $WHAT == all ]]; then
+  gateway_run idle-18k --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
+  nchan_run idle-18k --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
+fi
+if [[ $WHAT == throughput || $WHAT == all ]]; then
+  for trial in 1 2 3; do
+    gateway_run "throughput-1k-20000-$trial" --clients 1000 --topics 1 --rate 20000 --duration 10s
+  done
+  for rate in 250 500 1000 2000; do
+    nchan_run "throughput-1k-$rate" --clients 1000 --topics 1 --rate "$rate" --duration 10s
+  done
+  for trial in 1 2 3; do
+    gateway_run "throughput-10k-500-$trial" --clients 10000 --topics 1 --rate 500 --duration 10s
+  done
+  for rate in 25 50 100; do
+    nchan_run "throughput-10k-$rate" --clients 10000 --topics 1 --rate "$rate" --duration 10s
+  done
+fi
+if [[ $WHAT == latency || $WHAT == all ]]; then
+  for trial in 1 2 3 4 5; do
+    gateway_run "latency-10k-100t-$trial" --clients 10000 --topics 100 --rate 1000 --duration 10s --threads 1
+    nchan_run "latency-10k-100t-$trial" --clients 10000 --topics 100 --rate 1000 --duration 10s --threads 1
+  done
+fi
