@@ -60,6 +60,12 @@ TOML
   GATEWAY_URL="http://127.0.0.1:$PORT"
 }
 
+# stop_gateway: ends the running gateway (SIGTERM, then waits for it).
+stop_gateway() {
+  kill "$GATEWAY_PID" 2>/dev/null || true
+  wait "$GATEWAY_PID" 2>/dev/null || true
+}
+
 # start_nchan: nginx + nchan with 2 workers (benches/nchan).
 start_nchan() {
   NCHAN_PORT=$(free_port)
