@@ -74,6 +74,18 @@ start_nchan() {
   NCHAN_URL="http://127.0.0.1:$NCHAN_PORT"
 }
 
+# stop_nchan: ends the running Nchan (graceful quit of the master, then waits for it).
+stop_nchan() {
+  kill -QUIT "$NCHAN_PID" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$NCHAN_PID" 2>/dev/null || break; sleep 0.05; done
+  kill -KILL "$NCHAN_PID" 2>/dev/null || true
+  rm -rf "$WORK/nchan"
+}
+
+# fresh_nchan: a new Nchan, so that one run's state (memory held by a run that fell
+# behind, workers that crashed) does not weigh on the next.
+fresh_nchan() { stop_nchan; start_nchan; }
+
 # gateway_run <label> <loadgen args…>: one JSON line tagged with server and label.
 # A run that does not finish within RUN_TIMEOUT seconds (a server that buffers without
 # bound) is recorded as {"timed_out": true}.

@@ -13,6 +13,11 @@ def fmt(v, digits=1):
         return f"{v:,.3f}" if abs(v) < 1 else f"{v:,.{digits}f}"
     return f"{v:,}"
 
+def rounded(v, digits=3):
+    """None stays None (shown as —): the loadgen leaves out figures it could not measure,
+    e.g. the CPU of a server whose worker crashed and was replaced during the run."""
+    return None if v is None else round(v, digits)
+
 def table(title, prefix, cols):
     picked = [r for r in rows if r.get("label", "").startswith(prefix)]
     if not picked:
@@ -29,25 +34,27 @@ def table(title, prefix, cols):
 table("Idle connections", "idle-", [
     ("connected", lambda r: r["clients_ok"]),
     ("setup /s", lambda r: round(r["setup_rate_per_s"] or 0)),
-    ("RSS per conn (B)", lambda r: round(r["server_rss_per_conn_bytes"] or 0)),
+    ("RSS per conn (B)", lambda r: rounded(r.get("server_rss_per_conn_bytes"), None)),
 ])
 stream_cols = [
     ("msg/s", lambda r: round(r["rate"])),
+    ("clients failed", lambda r: r["clients_failed"]),
     ("delivered /s", lambda r: round(r["delivered_per_s"] or 0)),
     ("loss", lambda r: r["loss"]),
     ("cut", lambda r: r["closed_early_total"]),
     ("p50 ms", lambda r: r["latency_p50_ms"]),
     ("p99 ms", lambda r: r["latency_p99_ms"]),
-    ("server µs/event", lambda r: round(r["server_cpu_us_per_event"] or 0, 3)),
-    ("generator µs/event", lambda r: round(r["gen_cpu_us_per_event"] or 0, 3)),
+    ("server µs/event", lambda r: rounded(r.get("server_cpu_us_per_event"))),
+    ("generator µs/event", lambda r: rounded(r.get("gen_cpu_us_per_event"))),
 ]
 table("Throughput: 1,000 clients, 1 topic", "throughput-1k", stream_cols)
 table("Throughput: 10,000 clients, 1 topic", "throughput-10k", stream_cols)
-table("Latency: 10,000 clients, 100 topics, 1,000 msg/s", "latency-", stream_cols)
+table("Latency: 10,000 clients, 100 topics, 1,000 msg/s", "latency-10k", stream_cols)
+table("Latency against rate: 10,000 clients, 100 topics", "latency-rate", stream_cols)
 
 lat = {}
 for r in rows:
-    if r.get("label", "").startswith("latency-") and not r.get("timed_out"):
+    if r.get("label", "").startswith("latency-10k") and not r.get("timed_out"):
         lat.setdefault(r["server"], []).append(r["latency_p99_ms"])
 if lat:
     print("\nMedian p99 over the latency trials: " + ", ".join(

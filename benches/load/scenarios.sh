@@ -7,7 +7,10 @@
 #               10,000 clients on 1 topic: the gateway at 500 msg/s (5 M events/s), Nchan
 #               at rising rates
 #   latency     10,000 clients over 100 topics, 1,000 msg/s in all, 5 trials each,
-#               alternating servers
+#               alternating servers; then the same at 250, 500 and 750 msg/s
+# Nchan is restarted before each of its stream runs: a run it fell behind in can leave
+# gigabytes held (seen: 14 GB after 10,000 clients at 25 msg/s) or crash its workers,
+# and the next run should not pay for that. The gateway is restarted per scenario.
 # Results: one JSON line per run in benches/load/results/results.jsonl (a run that does
 # not finish within RUN_TIMEOUT s is recorded as timed out).
 #   benches/load/scenarios.sh [idle|throughput|latency|all]
@@ -16,8 +19,12 @@ WHAT=${1:-all}
 start_nats
 # A client may be up to 4,096 frames behind while its socket is full (default 256):
 # the generator shares the 2 cores and falls behind for a few ms at times.
-start_gateway "[sse]
+fresh_gateway() {
+  [ -n "${GATEWAY_PID:-}" ] && stop_gateway
+  start_gateway "[sse]
 client_buffer = 4096"
+}
+fresh_gateway
 start_nchan
 
 if [[ $WHAT == idle || $WHAT == all ]]; then
@@ -25,22 +32,34 @@ if [[ $WHAT == idle || $WHAT == all ]]; then
   nchan_run idle-18k --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
 fi
 if [[ $WHAT == throughput || $WHAT == all ]]; then
+  fresh_gateway
   for trial in 1 2 3; do
     gateway_run "throughput-1k-20000-$trial" --clients 1000 --topics 1 --rate 20000 --duration 10s
   done
   for rate in 250 500 1000 2000; do
+    fresh_nchan
     nchan_run "throughput-1k-$rate" --clients 1000 --topics 1 --rate "$rate" --duration 10s
   done
+  fresh_gateway
   for trial in 1 2 3; do
     gateway_run "throughput-10k-500-$trial" --clients 10000 --topics 1 --rate 500 --duration 10s
   done
   for rate in 25 50 100; do
+    fresh_nchan
     nchan_run "throughput-10k-$rate" --clients 10000 --topics 1 --rate "$rate" --duration 10s
   done
 fi
 if [[ $WHAT == latency || $WHAT == all ]]; then
+  fresh_gateway
   for trial in 1 2 3 4 5; do
     gateway_run "latency-10k-100t-$trial" --clients 10000 --topics 100 --rate 1000 --duration 10s --threads 1
+    fresh_nchan
     nchan_run "latency-10k-100t-$trial" --clients 10000 --topics 100 --rate 1000 --duration 10s --threads 1
+  done
+  # The same clients and topics at lower rates: where the p99 stays within a few ms.
+  for rate in 250 500 750; do
+    gateway_run "latency-rate-$rate" --clients 10000 --topics 100 --rate "$rate" --duration 10s --threads 1
+    fresh_nchan
+    nchan_run "latency-rate-$rate" --clients 10000 --topics 100 --rate "$rate" --duration 10s --threads 1
   done
 fi

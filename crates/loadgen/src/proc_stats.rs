@@ -22,6 +22,11 @@ pub struct Sample {
     pub rss_bytes: u64,
     /// User + system CPU seconds so far.
     pub cpu_s: f64,
+    /// Which processes were added up ([`sample_tree`]; 0 for one process): when it
+    /// differs between two readings a process ended or was replaced (an nginx worker
+    /// respawned) and their difference means nothing.
+    #[serde(default)]
+    pub processes: u64,
 }
 
 /// Which CPU times of `/proc/…/stat` to add up.
@@ -39,6 +44,7 @@ pub fn sample(pid: u32) -> io::Result<Sample> {
     Ok(Sample {
         rss_bytes: rss_bytes(&std::fs::read_to_string(format!("{dir}/status"))?)?,
         cpu_s: cpu_seconds(&std::fs::read_to_string(format!("{dir}/stat"))?, Times::Own)?,
+        processes: 0,
     })
 }
 
@@ -47,14 +53,17 @@ pub fn sample(pid: u32) -> io::Result<Sample> {
 pub fn sample_tree(pid: u32) -> io::Result<(Sample, usize)> {
     let mut total = sample(pid)?;
     let mut count = 1;
+    let mut pids = vec![pid];
     for child in descendants(pid) {
         // a process may end between the listing and the reading
         if let Ok(s) = sample(child) {
             total.rss_bytes += s.rss_bytes;
             total.cpu_s += s.cpu_s;
             count += 1;
+            pids.push(child);
         }
     }
+    total.processes = fingerprint(&mut pids);
     Ok((total, count))
 }
 
@@ -97,6 +106,15 @@ fn parent_pid(stat: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A value that changes when the set of `pids` does.
+fn fingerprint(pids: &mut [u32]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    pids.sort_unstable();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pids.hash(&mut h);
+    h.finish()
+}
+
 /// Reads this process; CPU includes the children that were waited for when `children`.
 pub fn sample_self(children: bool) -> io::Result<Sample> {
     let times = if children {
@@ -107,6 +125,7 @@ pub fn sample_self(children: bool) -> io::Result<Sample> {
     Ok(Sample {
         rss_bytes: rss_bytes(&std::fs::read_to_string("/proc/self/status")?)?,
         cpu_s: cpu_seconds(&std::fs::read_to_string("/proc/self/stat")?, times)?,
+        processes: 0,
     })
 }
 
@@ -189,6 +208,8 @@ mod tests {
         assert!(tree.rss_bytes > sample(me).expect("me").rss_bytes);
         let _ = child.kill();
         let _ = child.wait();
+        let (after, _) = sample_tree(me).expect("own tree");
+        assert_ne!(tree.processes, after.processes, "the child left the tree");
         assert_eq!(parent_pid("7 (a) b) S 42 7 7"), Some(42));
     }
 

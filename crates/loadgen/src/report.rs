@@ -287,6 +287,19 @@ pub struct Inputs<'a> {
     pub gen_rss_bytes: u64,
 }
 
+/// Whether two server readings added up the same processes; warns when not (an nginx
+/// worker was replaced during the run: its figures are left out rather than wrong).
+fn same_processes(a: &Sample, b: &Sample) -> bool {
+    let same = a.processes == b.processes;
+    if !same {
+        tracing::warn!(
+            "the server's processes changed during the run (a worker ended or was \
+             replaced): its CPU and memory deltas are not reported"
+        );
+    }
+    same
+}
+
 fn per(n: f64, d: f64) -> Option<f64> {
     (d > 0.0 && n.is_finite()).then(|| n / d)
 }
@@ -305,13 +318,13 @@ pub fn build(i: &Inputs<'_>) -> Report {
     let delivered = d.delivered as f64;
     let s = &i.server;
     let rss_per_conn = match (s.before, s.connected) {
-        (Some(b), Some(c)) if r.ok > 0 => {
+        (Some(b), Some(c)) if r.ok > 0 && same_processes(&b, &c) => {
             Some((c.rss_bytes as f64 - b.rss_bytes as f64) / r.ok as f64)
         }
         _ => None,
     };
     let server_cpu = match (cfg.mode, s.connected, s.end) {
-        (Mode::Stream, Some(c), Some(e)) => Some(e.cpu_s - c.cpu_s),
+        (Mode::Stream, Some(c), Some(e)) if same_processes(&c, &e) => Some(e.cpu_s - c.cpu_s),
         _ => None,
     };
     let reader_cpu = (i.gen_cpu.publish_s - publish.cpu_s).max(0.0);

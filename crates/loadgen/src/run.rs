@@ -53,6 +53,7 @@ fn self_sample(children: bool) -> Sample {
     proc_stats::sample_self(children).unwrap_or(Sample {
         rss_bytes: 0,
         cpu_s: 0.0,
+        processes: 0,
     })
 }
 

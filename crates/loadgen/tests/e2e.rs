@@ -5,6 +5,33 @@ mod support;
 use support::mini_server::{MiniServer, Options};
 use support::{args, loadgen, u};
 
+/// A process standing in for the server's pid: the tests of this file run in parallel and
+/// each starts a generator under the test process, so that process tree keeps changing
+/// (and the report leaves out figures of a tree that changed). Killed on drop.
+struct StandIn(std::process::Child);
+
+impl StandIn {
+    fn start() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("120")
+                .spawn()
+                .expect("`sleep` runs"),
+        )
+    }
+
+    fn pid(&self) -> String {
+        self.0.id().to_string()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Every field the JSON report promises.
 const FIELDS: &[&str] = &[
     "mode",
@@ -68,8 +95,14 @@ const FIELDS: &[&str] = &[
     "gen_reader_ns_per_event",
 ];
 
-fn stream_args(server: &MiniServer, clients: &str, topics: &str, rate: &str) -> Vec<String> {
-    let pid = std::process::id().to_string();
+fn stream_args(
+    server: &MiniServer,
+    stand_in: &StandIn,
+    clients: &str,
+    topics: &str,
+    rate: &str,
+) -> Vec<String> {
+    let pid = stand_in.pid();
     let publish = format!("{}/pub/{{topic}}", server.url());
     args(&[
         ("url", &server.url()),
@@ -90,7 +123,8 @@ fn stream_args(server: &MiniServer, clients: &str, topics: &str, rate: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_stream_everything_delivered() {
     let server = MiniServer::start(Options::default()).await;
-    let (code, r, stderr) = loadgen(stream_args(&server, "40", "4", "2000")).await;
+    let (code, r, stderr) =
+        loadgen(stream_args(&server, &StandIn::start(), "40", "4", "2000")).await;
     assert_eq!(code, 0, "{stderr}");
     for f in FIELDS {
         assert!(r.get(f).is_some(), "field {f} missing from {r}");
@@ -124,7 +158,8 @@ async fn raw_body_like_nchan() {
         ..Options::default()
     })
     .await;
-    let mut a = stream_args(&server, "12", "3", "600");
+    let stand_in = StandIn::start();
+    let mut a = stream_args(&server, &stand_in, "12", "3", "600");
     a.extend(args(&[
         ("sub-path", "/events/{topic}"),
         ("latency-sample", "3"),
@@ -150,7 +185,8 @@ async fn loss_gaps_and_duplicates_are_counted() {
         ..Options::default()
     })
     .await;
-    let (code, r, stderr) = loadgen(stream_args(&server, "10", "5", "1000")).await;
+    let (code, r, stderr) =
+        loadgen(stream_args(&server, &StandIn::start(), "10", "5", "1000")).await;
     assert_eq!(code, 0, "{stderr}");
     // 1000 messages, ids 1..=1000: 100 dropped, each missed by the 2 subscribers of its
     // topic; dropped ids are multiples of 10, duplicated ones multiples of 7 but not 70
@@ -169,7 +205,7 @@ async fn failed_publishes_are_not_expected() {
         ..Options::default()
     })
     .await;
-    let (code, r, stderr) = loadgen(stream_args(&server, "6", "3", "800")).await;
+    let (code, r, stderr) = loadgen(stream_args(&server, &StandIn::start(), "6", "3", "800")).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(u(&r, "published"), 800);
     assert_eq!(u(&r, "publish_errors"), 200, "{r}");
@@ -188,7 +224,8 @@ async fn publisher_survives_keepalive_limits() {
         ..Options::default()
     })
     .await;
-    let (code, r, stderr) = loadgen(stream_args(&server, "4", "2", "1000")).await;
+    let (code, r, stderr) =
+        loadgen(stream_args(&server, &StandIn::start(), "4", "2", "1000")).await;
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(u(&r, "publish_errors"), 0, "{r}");
     assert_eq!(u(&r, "expected"), 2000);
@@ -199,7 +236,8 @@ async fn publisher_survives_keepalive_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_statuses_and_idle_memory() {
     let server = MiniServer::start(Options::default()).await;
-    let pid = std::process::id().to_string();
+    let stand_in = StandIn::start();
+    let pid = stand_in.pid();
     let (code, r, stderr) = loadgen(args(&[
         ("url", &server.url()),
         ("mode", "idle"),
@@ -264,7 +302,8 @@ async fn usage_errors_exit_non_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn procs_children_results_are_merged() {
     let server = MiniServer::start(Options::default()).await;
-    let mut a = stream_args(&server, "31", "5", "1000");
+    let stand_in = StandIn::start();
+    let mut a = stream_args(&server, &stand_in, "31", "5", "1000");
     a.extend(args(&[("procs", "3"), ("threads", "1")]));
     let (code, r, stderr) = loadgen(a).await;
     assert_eq!(code, 0, "{stderr}");
