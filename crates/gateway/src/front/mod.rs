@@ -141,7 +141,10 @@ impl ServerApp for PublicApp {
             };
             match sse::admit(gateway, &request).await {
                 Ok(admitted) => {
-                    sse::spawn(gateway, stream, admitted, peer);
+                    match raw_tcp(stream) {
+                        Ok(tcp) => sse::spawn(gateway, tcp, admitted, peer),
+                        Err(stream) => sse::spawn(gateway, stream, admitted, peer),
+                    }
                     return None;
                 }
                 Err(refusal) => {
@@ -162,6 +165,36 @@ impl ServerApp for PublicApp {
     /// Lets the proxy end the connections it keeps alive.
     async fn cleanup(&self) {
         ServerApp::cleanup(&*self.proxy).await;
+    }
+}
+
+/// The plain TCP socket under a Pingora L4 stream, for a stream that is ours from here
+/// on: writes then go straight to tokio's socket instead of through Pingora's boxed
+/// stream, its zero-capacity `BufWriter` and its timing bookkeeping. The descriptor is
+/// duplicated and Pingora's stream dropped (closing and deregistering only its own
+/// descriptor: its `Drop` does not shut the socket down). Anything else (TLS) comes back
+/// as it was.
+#[allow(unsafe_code)]
+fn raw_tcp(stream: Stream) -> Result<tokio::net::TcpStream, Stream> {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+    let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else {
+        return Err(stream);
+    };
+    // SAFETY: the descriptor belongs to `stream`, which is alive for this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(l4.as_raw_fd()) };
+    let Ok(owned) = fd.try_clone_to_owned() else {
+        return Err(stream);
+    };
+    let std = std::net::TcpStream::from(owned);
+    if std.set_nonblocking(true).is_err() {
+        return Err(stream);
+    }
+    match tokio::net::TcpStream::from_std(std) {
+        Ok(tcp) => {
+            drop(stream);
+            Ok(tcp)
+        }
+        Err(_) => Err(stream),
     }
 }
 
