@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The headline scenarios, sse-gateway and Nchan side by side in one run, same generator
 # (sse-loadgen, on the same 2 cores):
-#   idle        18,000 idle streams: RSS per connection, connection setup rate
+#   idle        18,000 idle streams: RSS per connection, connection setup rate (3 trials
+#               each, alternating servers, fresh servers every trial)
 #   throughput  1,000 clients on 1 topic: the gateway at 20,000 msg/s (20 M events/s),
 #               Nchan at rising rates to find what it sustains without loss;
 #               10,000 clients on 1 topic: the gateway at 500 msg/s (5 M events/s), Nchan
@@ -31,8 +32,12 @@ fresh_gateway
 start_nchan
 
 if [[ $WHAT == idle || $WHAT == all ]]; then
-  gateway_run idle-18k --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
-  nchan_run idle-18k --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
+  for trial in 1 2 3; do
+    fresh_gateway
+    gateway_run "idle-18k-$trial" --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
+    fresh_nchan
+    nchan_run "idle-18k-$trial" --mode idle --clients 18000 --procs 2 --hold 5s --connect-concurrency 512
+  done
 fi
 if [[ $WHAT == throughput || $WHAT == all ]]; then
   fresh_gateway
