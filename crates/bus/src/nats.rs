@@ -24,9 +24,17 @@ pub const EVENT_HEADER: &str = "Sse-Event";
 /// when it comes back, to answer with the id it got.
 pub const PUBLISH_HEADER: &str = "Sse-Publish-Id";
 
-/// How long confirming a new subscription with the server (a PING round trip) may take
-/// before it is assumed in place anyway.
+/// How long putting a new subscription on the wire may take (while disconnected: until
+/// the reconnect, which re-sends it) before it is assumed in place anyway.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Subject of the ordering probe ([`server_caught_up`]): nobody subscribes to it, so the
+/// server answers a request to it with a "no responders" status at once.
+const PROBE_SUBJECT: &str = "_SSE_GATEWAY.probe";
+
+/// How long the probe may take. A connection that may not publish to [`PROBE_SUBJECT`]
+/// never gets an answer; its subscriptions are then taken as confirmed after this.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// What the adapter needs to know, from `[nats]`.
 #[derive(Debug, Clone)]
@@ -389,12 +397,16 @@ async fn subscribe(
         }
     };
     tracing::debug!(%topic, %subject, "subscribed");
-    // A PING round trip: once answered, the server has processed the SUB and every
-    // message published from now on reaches us. While disconnected this waits for the
-    // reconnect, which re-sends the SUB first. Messages arriving meanwhile wait in the
-    // subscriber's channel.
+    // The SUB on the wire (while disconnected this waits for the reconnect, which re-sends
+    // the SUB first), then a round trip after it: once answered, the server has processed
+    // the SUB and every message published from now on reaches us. Messages arriving
+    // meanwhile wait in the subscriber's channel.
     match tokio::time::timeout(CONFIRM_TIMEOUT, client.flush()).await {
-        Ok(Ok(())) => {}
+        Ok(Ok(())) => {
+            if let Err(e) = server_caught_up(&client).await {
+                tracing::debug!(%topic, error = %e, "subscription not confirmed");
+            }
+        }
         Ok(Err(e)) => tracing::debug!(%topic, error = %e, "subscription not confirmed"),
         Err(_) => tracing::debug!(%topic, "subscription not confirmed in time"),
     }
@@ -407,6 +419,27 @@ async fn subscribe(
     if read_loop.send(new).await.is_ok() {
         confirmed.store(true, Ordering::Release);
         hub.upstream_ready(&topic);
+    }
+}
+
+/// Waits until the server has processed everything `client` sent before this call. A
+/// flush only puts bytes on the wire; the server handles one connection's protocol in
+/// order, so the answer to a request sent now (nobody listens on [`PROBE_SUBJECT`]: the
+/// answer is the server's "no responders") comes after all of it took effect.
+async fn server_caught_up(client: &Client) -> Result<(), String> {
+    use async_nats::RequestErrorKind;
+    match tokio::time::timeout(
+        PROBE_TIMEOUT,
+        client.request(PROBE_SUBJECT, bytes::Bytes::new()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(e)) => Err(format!("probe request to {PROBE_SUBJECT}: {e}")),
+        Err(_) => Err(format!(
+            "no answer to the probe request to {PROBE_SUBJECT} within {PROBE_TIMEOUT:?}"
+        )),
     }
 }
 

@@ -164,14 +164,25 @@ async fn one_subscription_per_topic_dropped_after_linger() {
     let a1 = subscribe(&s.hub, "a").await;
     let a2 = subscribe(&s.hub, "a").await;
     let b = subscribe(&s.hub, "b").await;
-    let mut subjects = s.nats.subscriptions().await.unwrap();
-    subjects.sort();
-    assert_eq!(subjects, ["sse.a", "sse.b"]);
+    // The adapter's own request inbox (`_INBOX.…`, for its confirmation probe) is not a
+    // topic subscription.
+    let topic_subjects = || async {
+        let subjects = s.nats.subscriptions().await?;
+        let mut topics: Vec<String> = subjects
+            .into_iter()
+            .filter(|s| s.starts_with("sse."))
+            .collect();
+        topics.sort();
+        anyhow::Ok(topics)
+    };
+    // Confirmed means the server has processed the SUB (a round trip after it, not only
+    // a flush): its monitoring lists both at once, no waiting.
+    assert_eq!(topic_subjects().await.unwrap(), ["sse.a", "sse.b"]);
     drop((a1, a2, b));
     let hub = s.hub.clone();
     let sweeper = tokio::spawn(hub.run_linger_sweeper());
     eventually(WAIT, "subscriptions dropped after linger", || async {
-        let subs = s.nats.subscriptions().await?;
+        let subs = topic_subjects().await?;
         subs.is_empty()
             .then_some(())
             .ok_or_else(|| anyhow::anyhow!("still subscribed: {subs:?}"))
