@@ -82,19 +82,7 @@ impl HistoryWriter {
 
 /// The epoch of a stream: its creation time in nanoseconds, base 36.
 fn epoch_of(created_nanos: i128) -> Epoch {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut n = u128::try_from(created_nanos).unwrap_or_default();
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    let text: String = out.into_iter().map(char::from).collect();
-    Epoch::new(&text).unwrap_or_else(|_| Epoch::generate())
+    Epoch::from_number(u128::try_from(created_nanos).unwrap_or_default())
 }
 
 /// Finds (or creates) the stream, retrying while NATS is unreachable.

@@ -32,7 +32,13 @@ impl Epoch {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or_default();
         let mixed = nanos ^ (u64::from(std::process::id())).rotate_left(40);
-        Self(Arc::from(base36(mixed).as_str()))
+        Self::from_number(u128::from(mixed))
+    }
+
+    /// The epoch named by `n` in base 36 (at most 25 characters: always valid), e.g. a
+    /// log's creation time.
+    pub fn from_number(n: u128) -> Self {
+        Self(Arc::from(base36(n).as_str()))
     }
 
     /// An epoch with a given name (tests, or ids derived from an external log).
@@ -69,9 +75,9 @@ fn is_epoch(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
 }
 
-fn base36(mut n: u64) -> String {
+fn base36(mut n: u128) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::with_capacity(13);
+    let mut out = Vec::with_capacity(25);
     loop {
         out.push(DIGITS[(n % 36) as usize]);
         n /= 36;
@@ -145,6 +151,16 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let b = Epoch::generate();
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn numbered_epochs_are_base_36() {
+        assert_eq!(Epoch::from_number(0).as_str(), "0");
+        assert_eq!(Epoch::from_number(35).as_str(), "z");
+        assert_eq!(Epoch::from_number(36).as_str(), "10");
+        let max = Epoch::from_number(u128::MAX);
+        assert!(is_epoch(max.as_str()), "{max}");
+        assert_eq!(max.as_str().len(), 25);
     }
 
     #[test]
