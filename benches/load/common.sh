@@ -1,69 +1,24 @@
 # Shared by the load scenarios: release builds, a nats-server, the gateway and (when
 # asked) Nchan, all on free loopback ports, torn down on exit. Source it.
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-WORK="$(mktemp -d)"
+source "$(dirname "${BASH_SOURCE[0]}")/../common.sh"
 RESULTS="${RESULTS:-$ROOT/benches/load/results}"
 mkdir -p "$RESULTS"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+on_exit() {
   [ -f "$WORK/nchan/nginx.pid" ] && kill -QUIT "$(cat "$WORK/nchan/nginx.pid")" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
 }
-trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"
 
 cargo build --release -q -p sse-gateway -p sse-loadgen --manifest-path "$ROOT/Cargo.toml"
-GATEWAY="$ROOT/target/release/sse-gateway"
 LOADGEN="$ROOT/target/release/sse-loadgen"
-NATS_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_http() {
-  for _ in $(seq 1 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-    sleep 0.05
-  done
-  echo "timed out waiting for $1" >&2; return 1
-}
-
-start_nats() {
-  NATS_PORT=$(free_port)
-  "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -l "$WORK/nats.log" & PIDS+=($!)
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$NATS_PORT") 2>/dev/null && break; sleep 0.05; done
-}
-
-# start_gateway [extra toml]: a release gateway on NATS with limits out of the way.
+# start_gateway [extra toml]: the release gateway with limits out of the way.
 start_gateway() {
-  PORT=$(free_port); ADMIN=$(free_port)
-  cat > "$WORK/gateway.toml" <<TOML
-[server]
-listen = "127.0.0.1:$PORT"
-threads = 2
-[admin]
-listen = "127.0.0.1:$ADMIN"
-[nats]
-url = "nats://127.0.0.1:$NATS_PORT"
-[limits]
+  launch_gateway "[limits]
 max_connections = 1000000
 max_connections_per_ip = 1000000
 connect_rate_per_ip = 100000000
 connect_burst_per_ip = 100000000
-${1:-}
-TOML
-  RUST_LOG=warn "$GATEWAY" --config "$WORK/gateway.toml" 2>"$WORK/gateway.log" & GATEWAY_PID=$!
-  PIDS+=($GATEWAY_PID)
-  wait_http "http://127.0.0.1:$ADMIN/readyz"
-  GATEWAY_URL="http://127.0.0.1:$PORT"
-}
-
-# stop_gateway: ends the running gateway (SIGTERM, then waits for it).
-stop_gateway() {
-  kill "$GATEWAY_PID" 2>/dev/null || true
-  wait "$GATEWAY_PID" 2>/dev/null || true
+${1:-}"
 }
 
 # start_nchan: nginx + nchan with 2 workers (benches/nchan).
