@@ -27,7 +27,7 @@ use sse_hub::{Epoch, Hub, Incoming, ReplayRequest, ReplaySink, ResetReason, Topi
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::nats::{EVENT_HEADER, subject_for};
+use crate::nats::{event_type, subject_for};
 
 /// `[jetstream]` of the configuration.
 #[derive(Debug, Clone)]
@@ -245,21 +245,18 @@ fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
     let Some(subject) = message.subject.get(topic_start..) else {
         return;
     };
-    let event_type = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(EVENT_HEADER))
-        .map(|v| v.as_str().to_owned());
-    hub.ingest_logged(
-        subject,
-        seq,
-        Incoming {
-            payload: message.payload.clone(),
-            event_type,
-            received: Instant::now(),
-            publish_marker: None,
-        },
-    );
+    hub.ingest_logged(subject, seq, incoming(message));
+}
+
+/// What the hub takes of a message of the stream (a logged message needs no publish
+/// marker: its id is its stream sequence, known to the publisher).
+fn incoming(message: &jetstream::Message) -> Incoming {
+    Incoming {
+        payload: message.payload.clone(),
+        event_type: event_type(message.headers.as_ref()),
+        received: Instant::now(),
+        publish_marker: None,
+    }
 }
 
 impl History {
@@ -410,20 +407,7 @@ impl Source {
                 self.done = true;
                 break;
             }
-            let event_type = message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(EVENT_HEADER))
-                .map(|v| v.as_str().to_owned());
-            self.buffered.push_back((
-                seq,
-                Incoming {
-                    payload: message.payload.clone(),
-                    event_type,
-                    received: Instant::now(),
-                    publish_marker: None,
-                },
-            ));
+            self.buffered.push_back((seq, incoming(&message)));
         }
         if got == 0 {
             self.done = true;

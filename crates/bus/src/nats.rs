@@ -443,11 +443,16 @@ async fn server_caught_up(client: &Client) -> Result<(), String> {
     }
 }
 
+/// The frame's `event:` field, from the [`EVENT_HEADER`] of a message.
+pub(crate) fn event_type(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
+    headers
+        .and_then(|h| h.get(EVENT_HEADER))
+        .map(|v| v.as_str().to_owned())
+}
+
 fn ingest(hub: &Hub, topic: &TopicName, message: Message) {
     let headers = message.headers.as_ref();
-    let event_type = headers
-        .and_then(|h| h.get(EVENT_HEADER))
-        .map(|v| v.as_str().to_owned());
+    let event_type = event_type(headers);
     let publish_marker = headers
         .and_then(|h| h.get(PUBLISH_HEADER))
         .and_then(|v| v.as_str().parse().ok());
