@@ -197,16 +197,9 @@ impl Readers {
     /// returns whether they all were.
     pub async fn wait_settled(&self, timeout: Duration) -> bool {
         let s = &self.shared;
-        let wait = async {
-            loop {
-                let notified = s.settled.notified();
-                if s.unsettled.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        tokio::time::timeout(timeout, wait).await.is_ok()
+        tokio::time::timeout(timeout, until_zero(&s.unsettled, &s.settled))
+            .await
+            .is_ok()
     }
 
     /// Connections answered 200 so far.
@@ -243,16 +236,10 @@ impl Readers {
         for a in &aborts {
             a.abort();
         }
-        let wait = async {
-            loop {
-                let notified = s.all_done.notified();
-                if s.live.load(Ordering::Acquire) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout(timeout, wait).await.is_err() {
+        if tokio::time::timeout(timeout, until_zero(&s.live, &s.all_done))
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "{} connection tasks did not stop in time",
                 s.live.load(Ordering::Relaxed)
@@ -597,6 +584,18 @@ impl ConnTask {
             }
         }
         Some((stream, decoder))
+    }
+}
+
+/// Returns once `counter` is 0; whoever brings it there calls `notify.notify_waiters()`.
+async fn until_zero(counter: &AtomicUsize, notify: &Notify) {
+    loop {
+        // Registered before the check, so a notification between the two is not lost.
+        let notified = notify.notified();
+        if counter.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        notified.await;
     }
 }
 
