@@ -104,62 +104,86 @@ fn run_single(cfg: &Config) -> anyhow::Result<Report> {
                 readers.unsettled()
             );
         }
-        let (connected, end, publish, gen_publish_s) = match publisher {
-            Some(publisher) => {
-                let connected = server_sample(cfg);
-                let cpu0 = self_sample(false).cpu_s;
-                readers.set_publishing();
-                let summary = publisher.run().await?;
-                tokio::time::sleep(cfg.drain).await;
-                let end = server_sample(cfg);
-                (
-                    connected,
-                    end,
-                    Some(summary),
-                    self_sample(false).cpu_s - cpu0,
-                )
-            }
-            None => {
-                tokio::time::sleep(cfg.hold).await;
-                let connected = server_sample(cfg);
-                (connected, connected, None, 0.0)
-            }
-        };
+        let measured = measure(cfg, publisher, async |publisher| {
+            readers.set_publishing();
+            publisher.run().await
+        })
+        .await?;
         let rss_bytes = self_sample(false).rss_bytes; // with every connection open
         let readers = readers.stop(STOP_TIMEOUT).await;
         let me = self_sample(false);
         Ok(finish(
-            cfg,
-            &readers,
-            publish.as_ref(),
-            ServerSamples {
-                before,
-                connected,
-                end,
-            },
-            GenCpu {
-                total_s: me.cpu_s,
-                publish_s: gen_publish_s,
-            },
-            rss_bytes,
+            cfg, &readers, before, measured, me.cpu_s, 0.0, rss_bytes,
         ))
     })
 }
 
+/// What the measured phase gives.
+struct Measured {
+    /// The server with every connection open.
+    connected: Option<Sample>,
+    /// The server after the drain (idle: the same as `connected`).
+    end: Option<Sample>,
+    /// The publisher's summary (stream mode).
+    publish: Option<PublishSummary>,
+    /// This process's CPU seconds while publishing and draining.
+    cpu_publish_s: f64,
+}
+
+/// The measured phase, connections open. Stream mode: the server sampled, then
+/// `publish` (which starts the readers' publishing phase and runs the publisher), the
+/// drain, the server sampled again. Idle mode: the hold, then the server sampled.
+async fn measure(
+    cfg: &Config,
+    publisher: Option<PublisherThread>,
+    publish: impl AsyncFnOnce(PublisherThread) -> anyhow::Result<PublishSummary>,
+) -> anyhow::Result<Measured> {
+    let Some(publisher) = publisher else {
+        tokio::time::sleep(cfg.hold).await;
+        let connected = server_sample(cfg);
+        return Ok(Measured {
+            connected,
+            end: connected,
+            publish: None,
+            cpu_publish_s: 0.0,
+        });
+    };
+    let connected = server_sample(cfg);
+    let cpu0 = self_sample(false).cpu_s;
+    let summary = publish(publisher).await?;
+    tokio::time::sleep(cfg.drain).await;
+    Ok(Measured {
+        connected,
+        end: server_sample(cfg),
+        publish: Some(summary),
+        cpu_publish_s: self_sample(false).cpu_s - cpu0,
+    })
+}
+
+/// The report, from the readers' results, the server readings and the generator's CPU
+/// (`total_s`, and publish-phase CPU of reader processes beyond this one's).
 fn finish(
     cfg: &Config,
     readers: &Partial,
-    publish: Option<&PublishSummary>,
-    server: ServerSamples,
-    gen_cpu: GenCpu,
+    before: Option<Sample>,
+    measured: Measured,
+    total_s: f64,
+    other_publish_s: f64,
     gen_rss_bytes: u64,
 ) -> Report {
     report::build(&Inputs {
         cfg,
         readers,
-        publish,
-        server,
-        gen_cpu,
+        publish: measured.publish.as_ref(),
+        server: ServerSamples {
+            before,
+            connected: measured.connected,
+            end: measured.end,
+        },
+        gen_cpu: GenCpu {
+            total_s,
+            publish_s: measured.cpu_publish_s + other_publish_s,
+        },
         gen_rss_bytes,
     })
 }
@@ -180,42 +204,27 @@ fn run_parent(cfg: &Config) -> anyhow::Result<Report> {
         let mut children = Children::spawn(cfg)?;
         let ready_within = cfg.connect_timeout + Duration::from_secs(30);
         children.wait_ready(ready_within).await?;
-        let (connected, end, publish, parent_publish_s) = match publisher {
-            Some(publisher) => {
-                let connected = server_sample(cfg);
-                let cpu0 = self_sample(false).cpu_s;
-                children.send(&ToChild::Start).await;
-                let run = publisher.run();
-                tokio::pin!(run);
-                let mut tick = tokio::time::interval(PROGRESS_EVERY);
-                let summary = loop {
-                    tokio::select! {
-                        r = &mut run => break r?,
-                        _ = tick.tick() => {
-                            children.send(&ToChild::Progress { published: snapshot(&counters) }).await;
-                        }
+        let measured = measure(cfg, publisher, async |publisher| {
+            children.send(&ToChild::Start).await;
+            let run = publisher.run();
+            tokio::pin!(run);
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let summary = loop {
+                tokio::select! {
+                    r = &mut run => break r?,
+                    _ = tick.tick() => {
+                        children.send(&ToChild::Progress { published: snapshot(&counters) }).await;
                     }
-                };
-                children
-                    .send(&ToChild::Progress {
-                        published: snapshot(&counters),
-                    })
-                    .await;
-                tokio::time::sleep(cfg.drain).await;
-                let end = server_sample(cfg);
-                (
-                    connected,
-                    end,
-                    Some(summary),
-                    self_sample(false).cpu_s - cpu0,
-                )
-            }
-            None => {
-                tokio::time::sleep(cfg.hold).await;
-                let connected = server_sample(cfg);
-                (connected, connected, None, 0.0)
-            }
-        };
+                }
+            };
+            children
+                .send(&ToChild::Progress {
+                    published: snapshot(&counters),
+                })
+                .await;
+            Ok(summary)
+        })
+        .await?;
         children
             .send(&ToChild::Stop {
                 published: snapshot(&counters),
@@ -232,16 +241,10 @@ fn run_parent(cfg: &Config) -> anyhow::Result<Report> {
         Ok(finish(
             cfg,
             &merged,
-            publish.as_ref(),
-            ServerSamples {
-                before,
-                connected,
-                end,
-            },
-            GenCpu {
-                total_s: me.cpu_s,
-                publish_s: parent_publish_s + merged.cpu_publish_s,
-            },
+            before,
+            measured,
+            me.cpu_s,
+            merged.cpu_publish_s,
             own_rss + merged.rss_bytes,
         ))
     })
