@@ -26,6 +26,40 @@ pub const MAX_HOPS: usize = 32;
 /// as a malformed hop at its place in the list.
 pub const MAX_HEADER_LEN: usize = 8 * 1024;
 
+/// The key a client is counted under (token bucket, stream caps, sockets): its address,
+/// or for IPv6 its `/ipv6_prefix` network. One IPv6 host is usually given a whole /64, so
+/// keying buckets by full address would hand it 2^64 buckets; keying by prefix gives it
+/// one. IPv4 (and IPv4-mapped IPv6) addresses are keys as they are; a prefix above 128
+/// counts as 128.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use sse_admission::client_key;
+///
+/// let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+/// let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+/// assert_eq!(client_key(a, 64), client_key(b, 64));
+/// assert_ne!(client_key(a, 128), client_key(b, 128));
+/// let v4: IpAddr = "203.0.113.7".parse().unwrap();
+/// assert_eq!(client_key(v4, 64), v4);
+/// ```
+pub fn client_key(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u32::from(ipv6_prefix.min(128));
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+    }
+}
+
+/// Whether `peer` is one of the trusted proxies (exempt from per-address socket caps; its
+/// `X-Forwarded-For` is believed).
+pub fn is_trusted_peer(peer: IpAddr, trusted: &[IpNet]) -> bool {
+    is_trusted(peer.to_canonical(), trusted)
+}
+
 /// The address a request is admitted (rate-limited, counted) under.
 ///
 /// `peer` is the socket's remote address. `forwarded_for` holds the raw values of every
@@ -112,6 +146,23 @@ fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_prefix() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_key(ip("2001:db8::1"), 0), ip("::"));
+        assert_eq!(
+            client_key(ip("2001:db8:aa:bb:cc::1"), 48),
+            ip("2001:db8:aa::")
+        );
+        assert_eq!(
+            client_key(ip("2001:db8:aa:bb:cc::1"), 64),
+            ip("2001:db8:aa:bb::")
+        );
+        assert_eq!(client_key(ip("2001:db8::1"), 200), ip("2001:db8::1"));
+        // IPv4, mapped or not, is its own key.
+        assert_eq!(client_key(ip("::ffff:192.0.2.1"), 64), ip("192.0.2.1"));
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

@@ -53,7 +53,7 @@ mod identity;
 mod rate;
 
 pub use caps::{CapExceeded, Caps, Slot};
-pub use identity::{MAX_HEADER_LEN, MAX_HOPS, client_ip};
+pub use identity::{MAX_HEADER_LEN, MAX_HOPS, client_ip, client_key, is_trusted_peer};
 pub use rate::{RateLimited, RateLimiter};
 
 /// The clocks [`RateLimiter`] can run on (re-exported from `governor`), such as

@@ -7,6 +7,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use crate::token::TokenSource;
 use crate::{AuthConfigError, VerifyKey, pattern, token};
 
 /// Default name of the cookie that may carry the token (`auth.cookie`).
@@ -148,6 +149,17 @@ impl Authorizer {
         query: Option<&'a str>,
     ) -> Option<Cow<'a, str>> {
         token::find(&self.cookie, authorization, cookies, query)
+    }
+
+    /// [`Authorizer::token_from`], telling where the token was (a cookie is sent by the
+    /// browser on its own, also on requests other sites make).
+    pub fn token_with_source<'a>(
+        &self,
+        authorization: Option<&'a [u8]>,
+        cookies: &[&'a [u8]],
+        query: Option<&'a str>,
+    ) -> Option<(Cow<'a, str>, TokenSource)> {
+        token::find_with_source(&self.cookie, authorization, cookies, query)
     }
 
     /// May a client read all of `topics`?

@@ -82,7 +82,7 @@ mod token;
 
 pub use authorizer::{AuthConfig, Authorizer, DEFAULT_COOKIE, Denied, LEEWAY_SECS, MAX_TOKEN_LEN};
 pub use key::{MIN_HS256_SECRET_LEN, VerifyKey};
-pub use token::QUERY_PARAM;
+pub use token::{QUERY_PARAM, TokenSource, strip_from_query};
 
 /// Why an [`AuthConfig`] cannot be used. Messages never contain key material.
 #[non_exhaustive]

@@ -6,6 +6,17 @@ use std::borrow::Cow;
 /// neither headers nor cookies.
 pub const QUERY_PARAM: &str = "access_token";
 
+/// Where a request carried its token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `Authorization: Bearer …`: only script can set it, so another site cannot.
+    Header,
+    /// The auth cookie: a browser sends it on its own, also on requests other sites make.
+    Cookie,
+    /// `?access_token=`.
+    Query,
+}
+
 /// The first token found: `Authorization: Bearer`, then the cookie `cookie_name` in any
 /// of the `Cookie` headers, then `access_token` in the raw query string. Empty values
 /// count as absent, so a later source is still tried.
@@ -15,13 +26,25 @@ pub(crate) fn find<'a>(
     cookies: &[&'a [u8]],
     query: Option<&'a str>,
 ) -> Option<Cow<'a, str>> {
+    find_with_source(cookie_name, authorization, cookies, query).map(|(token, _)| token)
+}
+
+/// [`find`], telling where the token was.
+pub(crate) fn find_with_source<'a>(
+    cookie_name: &str,
+    authorization: Option<&'a [u8]>,
+    cookies: &[&'a [u8]],
+    query: Option<&'a str>,
+) -> Option<(Cow<'a, str>, TokenSource)> {
     if let Some(token) = authorization.and_then(bearer) {
-        return Some(Cow::Borrowed(token));
+        return Some((Cow::Borrowed(token), TokenSource::Header));
     }
     if let Some(token) = cookies.iter().find_map(|h| cookie(h, cookie_name)) {
-        return Some(Cow::Borrowed(token));
+        return Some((Cow::Borrowed(token), TokenSource::Cookie));
     }
-    query.and_then(query_param)
+    query
+        .and_then(query_param)
+        .map(|token| (token, TokenSource::Query))
 }
 
 /// The credentials of `Bearer <token>` (scheme case-insensitive, RFC 7235).
@@ -62,6 +85,26 @@ fn query_param(query: &str) -> Option<Cow<'_, str>> {
         .map(|(_, value)| value)
 }
 
+/// Whether one raw query pair (`name=value`, still encoded) is the token parameter,
+/// however its name is spelled: `access_token`, `access%5Ftoken`, `%61ccess_token` … are
+/// all the name [`find`] reads.
+fn is_token_pair(pair: &str) -> bool {
+    form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .is_some_and(|(key, _)| key == QUERY_PARAM)
+}
+
+/// The raw query without its token parameters (any percent-encoding of the name), for a
+/// request passed on to another service; `None` when it holds none. The other pairs keep
+/// their order and their encoding.
+pub fn strip_from_query(query: &str) -> Option<String> {
+    if !query.split('&').any(is_token_pair) {
+        return None;
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_token_pair(p)).collect();
+    Some(kept.join("&"))
+}
+
 fn non_empty(bytes: &[u8]) -> Option<&str> {
     std::str::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
@@ -87,6 +130,28 @@ mod tests {
 
     fn some(s: &str) -> Option<String> {
         Some(s.to_owned())
+    }
+
+    #[test]
+    fn the_token_is_stripped_in_any_spelling() {
+        for query in [
+            "access_token=x",
+            "access%5Ftoken=x",
+            "access%5ftoken=x",
+            "%61ccess_token=x",
+            "%61%63%63%65%73%73%5F%74%6F%6B%65%6E=x",
+        ] {
+            // Every spelling the finder reads is one the stripper removes.
+            assert_eq!(found(None, &[], Some(query)), some("x"), "{query}");
+            assert_eq!(strip_from_query(query).as_deref(), Some(""), "{query}");
+        }
+        assert_eq!(strip_from_query("access_token").as_deref(), Some(""));
+        assert_eq!(
+            strip_from_query("a=1&access%5Ftoken=x&b=%20&access_token=y").as_deref(),
+            Some("a=1&b=%20")
+        );
+        assert_eq!(strip_from_query("a=1&token=2"), None);
+        assert_eq!(strip_from_query("access_tokens=1"), None);
     }
 
     #[test]
