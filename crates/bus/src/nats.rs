@@ -443,11 +443,14 @@ async fn server_caught_up(client: &Client) -> Result<(), String> {
     }
 }
 
-/// The frame's `event:` field, from the [`EVENT_HEADER`] of a message.
+/// The frame's `event:` field, from the [`EVENT_HEADER`] of a message. An empty header
+/// means "no type": the message is delivered without an `event:` line.
 pub(crate) fn event_type(headers: Option<&async_nats::HeaderMap>) -> Option<String> {
     headers
         .and_then(|h| h.get(EVENT_HEADER))
-        .map(|v| v.as_str().to_owned())
+        .map(|v| v.as_str())
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 fn ingest(hub: &Hub, topic: &TopicName, message: Message) {

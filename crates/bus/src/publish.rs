@@ -37,6 +37,10 @@ pub enum PublishError {
     /// The topic has reached its subscriber cap (core NATS needs a slot to see the id).
     #[error("{0}")]
     TopicFull(String),
+    /// The message (payload and headers) is larger than the server's `max_payload`: it can
+    /// never be published, retrying is useless.
+    #[error("the message is larger than the NATS server accepts")]
+    TooLarge,
 }
 
 /// Publishes messages; cheap to clone.
@@ -58,6 +62,15 @@ pub enum Publisher {
 }
 
 impl Publisher {
+    /// The largest message (payload and headers) the bus accepts, when it says: the NATS
+    /// server's `max_payload` once connected; `None` for the memory bus and before.
+    pub fn max_payload(&self) -> Option<usize> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Nats { client, .. } => client.borrow().as_ref().map(Client::max_payload),
+        }
+    }
+
     /// Publishes `payload` on `topic` with an optional event type; returns the event id.
     pub async fn publish(
         &self,
@@ -116,9 +129,9 @@ async fn publish_jetstream(
     let ack = tokio::time::timeout(PUBLISH_TIMEOUT, async {
         js.publish_with_headers(subject, headers, payload)
             .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?
+            .map_err(from_jetstream)?
             .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))
+            .map_err(from_jetstream)
     })
     .await
     .map_err(|_| PublishError::Timeout)??;
@@ -148,11 +161,23 @@ async fn publish_core(
     client
         .publish_with_headers(subject, headers, payload)
         .await
-        .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        .map_err(|e| match e.kind() {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded => PublishError::TooLarge,
+            _ => PublishError::Unavailable(e.to_string()),
+        })?;
     let seq = waiter
         .sequence(PUBLISH_TIMEOUT)
         .await
         .ok_or(PublishError::Timeout)?;
     drop(probe);
     Ok(hub.event_id(seq))
+}
+
+fn from_jetstream(e: async_nats::jetstream::context::PublishError) -> PublishError {
+    match e.kind() {
+        async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+            PublishError::TooLarge
+        }
+        _ => PublishError::Unavailable(e.to_string()),
+    }
 }

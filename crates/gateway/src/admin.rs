@@ -7,7 +7,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::http::Method;
 use pingora::protocols::http::ServerSession;
 
-use crate::http_error::ApiError;
+use crate::edge::{ApiError, Response as Answer};
 use crate::state::Gateway;
 
 /// Serves the admin endpoints.
@@ -25,18 +25,15 @@ impl AdminApp {
 
 type Response = http::Response<Vec<u8>>;
 
-fn response(status: u16, content_type: &str, body: Vec<u8>) -> Response {
-    http::Response::builder()
-        .status(status)
-        .header("Content-Type", content_type)
-        .header("Content-Length", body.len())
-        .header("Cache-Control", "no-store")
-        .body(body)
-        .unwrap_or_else(|_| http::Response::new(Vec::new()))
+fn response(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
+    Answer::new(status)
+        .with_body(content_type, bytes::Bytes::from(body))
+        .with_header("Cache-Control", "no-store")
+        .to_http()
 }
 
 fn error(e: &ApiError) -> Response {
-    response(e.status, "application/json", e.body().to_vec())
+    Answer::error(e).to_http()
 }
 
 #[async_trait]

@@ -1,11 +1,11 @@
-//! Admission glue: who the client is, its token bucket, and the connection caps, mapped
-//! to the HTTP answers of SPEC §2 (429 / 503 with `Retry-After`).
+//! Admission glue: who the client is, its token bucket, the socket and stream caps, mapped
+//! to the HTTP answers of SPEC §2 and §9 (429 / 503 with `Retry-After`).
 
 use std::net::IpAddr;
 
-use sse_admission::CapExceeded;
+use sse_admission::{CapExceeded, Slot};
 
-use crate::http_error::ApiError;
+use crate::edge::{ApiError, RequestView};
 use crate::metrics::{Outcome, Rejection};
 use crate::state::Gateway;
 
@@ -56,6 +56,12 @@ impl Refusal {
         }
     }
 
+    /// Whether the connection must close after this answer (a 429 closes: a client
+    /// over its rate gets no kept-alive connection to keep trying on).
+    pub fn closes(&self) -> bool {
+        self.outcome == Outcome::RateLimited
+    }
+
     /// Counts the refusal.
     pub fn count(&self, gateway: &Gateway) {
         gateway.metrics.count(self.outcome);
@@ -65,22 +71,64 @@ impl Refusal {
     }
 }
 
-/// The client's address: the peer, or the forwarded address when the peer is a
-/// trusted proxy.
-pub fn client_ip(gateway: &Gateway, peer: IpAddr, forwarded_for: &[&[u8]]) -> IpAddr {
-    sse_admission::client_ip(peer, forwarded_for, &gateway.config.limits.trusted_proxies)
+/// Who sent a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The socket's peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy (`limits.trusted_proxies`).
+    pub peer_trusted: bool,
+    /// The client: the peer, or the address a trusted proxy forwarded.
+    pub ip: IpAddr,
+    /// What the client is counted under: its address, or its IPv6 `/ipv6_prefix`.
+    pub key: IpAddr,
 }
 
-/// Takes a token from the client's bucket (every request on the public listener).
-pub fn check_rate(gateway: &Gateway, client: IpAddr) -> Result<(), Refusal> {
-    gateway.rate.check(client).map_err(|limited| Refusal {
+impl Client {
+    /// The client of `request`, which came from `peer`.
+    pub fn of(gateway: &Gateway, peer: IpAddr, request: &dyn RequestView) -> Self {
+        let limits = &gateway.config.limits;
+        let forwarded = request.header_values("x-forwarded-for");
+        let ip = sse_admission::client_ip(peer, &forwarded, &limits.trusted_proxies);
+        Self {
+            peer,
+            peer_trusted: sse_admission::is_trusted_peer(peer, &limits.trusted_proxies),
+            ip,
+            key: sse_admission::client_key(ip, limits.ipv6_prefix),
+        }
+    }
+}
+
+/// Takes a token from the client's bucket (every request on the public listeners).
+pub fn check_rate(gateway: &Gateway, key: IpAddr) -> Result<(), Refusal> {
+    gateway.rate.check(key).map_err(|limited| Refusal {
         outcome: Outcome::RateLimited,
         rejection: Some(Rejection::RateLimited),
         error: ApiError::rate_limited(limited.retry_after_secs()),
     })
 }
 
-/// Maps a cap to its refusal.
+/// A slot among the peer's open sockets (`limits.max_sockets_per_ip`), held for the
+/// connection's life; `None` for trusted proxies, which are exempt.
+pub fn acquire_socket(gateway: &Gateway, peer: IpAddr) -> Result<Option<Slot>, Refusal> {
+    let limits = &gateway.config.limits;
+    if sse_admission::is_trusted_peer(peer, &limits.trusted_proxies) {
+        return Ok(None);
+    }
+    let key = sse_admission::client_key(peer, limits.ipv6_prefix);
+    gateway.sockets.acquire(key).map(Some).map_err(|_| {
+        Refusal::over_capacity(
+            gateway,
+            Rejection::MaxSocketsPerIp,
+            format!(
+                "this client already has {} connections open",
+                limits.max_sockets_per_ip
+            ),
+        )
+    })
+}
+
+/// Maps a stream cap to its refusal.
 pub fn cap_refusal(gateway: &Gateway, cap: CapExceeded) -> Refusal {
     let (rejection, message) = match cap {
         CapExceeded::Total { max } => (

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use sse_auth::{AuthConfig, Authorizer, VerifyKey};
 
-use crate::cors::Cors;
+use crate::edge::Cors;
 
 /// A configuration problem, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +216,9 @@ pub struct RawServer {
     /// A request head must arrive within this of its first byte (slowloris).
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A kept-alive connection with no request in progress is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// Accept cleartext HTTP/2 (prior knowledge) on the public listener.
     pub h2c: bool,
 }
@@ -227,6 +230,7 @@ impl Default for RawServer {
             threads: 2,
             grace_period: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             h2c: true,
         }
     }
@@ -324,6 +328,12 @@ pub struct RawLimits {
     pub connect_burst_per_ip: u32,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<String>,
+    /// TCP connections one peer address may hold open on the public listeners.
+    pub max_sockets_per_ip: u64,
+    /// IPv6 clients are counted (buckets, caps) by their network of this prefix length.
+    pub ipv6_prefix: u8,
+    /// Largest `POST /publish` body; unset: 1 MiB less the room NATS headers need.
+    pub max_publish_bytes: Option<usize>,
 }
 
 impl Default for RawLimits {
@@ -335,6 +345,9 @@ impl Default for RawLimits {
             connect_rate_per_ip: 50,
             connect_burst_per_ip: 100,
             trusted_proxies: Vec::new(),
+            max_sockets_per_ip: 1024,
+            ipv6_prefix: 64,
+            max_publish_bytes: None,
         }
     }
 }
@@ -446,6 +459,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// Deadline for a request head.
     pub header_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive connection (0: no keep-alive).
+    pub keepalive_timeout: Duration,
     /// Cleartext HTTP/2 accepted.
     pub h2c: bool,
 }
@@ -495,6 +510,12 @@ pub struct LimitSettings {
     pub connect_burst_per_ip: u32,
     /// Trusted proxy networks.
     pub trusted_proxies: Vec<IpNet>,
+    /// Open public-listener sockets per peer address.
+    pub max_sockets_per_ip: u64,
+    /// Prefix length IPv6 clients are keyed by.
+    pub ipv6_prefix: u8,
+    /// Largest publish body, when configured.
+    pub max_publish_bytes: Option<usize>,
 }
 
 /// Largest `replay_window` / `client_buffer` accepted (frames per topic / per client).
@@ -563,6 +584,7 @@ impl Config {
             threads: in_range("server.threads", server.threads, 1, 1024)?,
             grace_period: server.grace_period,
             header_timeout: positive("server.header_timeout", server.header_timeout)?,
+            keepalive_timeout: server.keepalive_timeout,
             h2c: server.h2c,
         };
         let admin_listen = socket_addr("admin.listen", &admin.listen)?;
@@ -644,6 +666,17 @@ impl Config {
                 u32::MAX,
             )?,
             trusted_proxies,
+            max_sockets_per_ip: in_range(
+                "limits.max_sockets_per_ip",
+                limits.max_sockets_per_ip,
+                1,
+                u64::MAX,
+            )?,
+            ipv6_prefix: in_range("limits.ipv6_prefix", limits.ipv6_prefix, 1, 128)?,
+            max_publish_bytes: limits
+                .max_publish_bytes
+                .map(|n| in_range("limits.max_publish_bytes", n, 1, 64 * 1024 * 1024))
+                .transpose()?,
         };
         Ok(Self {
             server,
@@ -718,6 +751,13 @@ fn validate_auth(auth: RawAuth) -> Result<Option<Arc<Authorizer>>, ConfigError> 
 }
 
 fn validate_cors(cors: &RawCors) -> Result<Cors, ConfigError> {
+    if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
+        return Err(invalid(
+            "cors.allowed_origins",
+            "\"*\" cannot be combined with cors.allow_credentials = true: any site could read \
+             responses with the user's cookies; list the origins that may send credentials",
+        ));
+    }
     for origin in &cors.allowed_origins {
         let valid = origin == "*"
             || (origin.starts_with("http://") || origin.starts_with("https://"))
@@ -834,7 +874,6 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn check(text: &str) -> Result<Config, String> {
@@ -975,6 +1014,46 @@ mod tests {
     fn nats_url_takes_a_list() {
         let c = check("[nats]\nurl = \"nats://127.0.0.1:4222, nats://127.0.0.1:4223\"\n").unwrap();
         assert_eq!(c.nats.servers.len(), 2);
+    }
+
+    #[test]
+    fn cors_any_origin_with_credentials_is_refused() {
+        let e = check("[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n").unwrap_err();
+        assert!(e.starts_with("cors.allowed_origins"), "{e}");
+        assert!(e.contains("cors.allow_credentials"), "{e}");
+        assert!(check("[cors]\nallowed_origins = [\"*\"]\n").is_ok());
+        assert!(
+            check("[cors]\nallowed_origins = [\"https://a.example\"]\nallow_credentials = true\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn edge_limits_have_their_defaults_and_ranges() {
+        let c = check("").unwrap();
+        assert_eq!(c.server.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_sockets_per_ip, 1024);
+        assert_eq!(c.limits.ipv6_prefix, 64);
+        assert_eq!(c.limits.max_publish_bytes, None);
+        let c = check("[server]\nkeepalive_timeout = \"0s\"\n[limits]\nmax_publish_bytes = 1000\n")
+            .unwrap();
+        assert!(c.server.keepalive_timeout.is_zero());
+        assert_eq!(c.limits.max_publish_bytes, Some(1000));
+        for (text, key) in [
+            ("[limits]\nipv6_prefix = 0\n", "limits.ipv6_prefix"),
+            ("[limits]\nipv6_prefix = 129\n", "limits.ipv6_prefix"),
+            (
+                "[limits]\nmax_sockets_per_ip = 0\n",
+                "limits.max_sockets_per_ip",
+            ),
+            (
+                "[limits]\nmax_publish_bytes = 0\n",
+                "limits.max_publish_bytes",
+            ),
+        ] {
+            let e = check(text).unwrap_err();
+            assert!(e.starts_with(key), "{text:?} gave {e}");
+        }
     }
 
     #[test]

@@ -13,9 +13,8 @@
 mod admin;
 mod admission;
 mod config;
-mod cors;
+mod edge;
 mod front;
-mod http_error;
 mod metrics;
 mod preflight;
 mod proxy;
@@ -30,6 +29,7 @@ mod upstream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -124,22 +124,58 @@ fn exit_if_a_listener_fails() {
     }));
 }
 
+/// Libraries whose debug and trace lines print request heads (`Authorization`, cookies,
+/// targets with `?access_token=`): their logs are capped at `info`, whatever `RUST_LOG`
+/// says, so no log line holds a secret (SPEC §9, "Secrets").
+const HEAD_PRINTING_TARGETS: [&str; 4] = ["pingora", "h2", "hyper", "rustls"];
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`, Pingora's own at `warn`);
 /// one JSON object per line with `log.format = "json"`.
 fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().with_current_span(false).init();
+    let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
+        *meta.level() <= tracing::Level::INFO
+            || !HEAD_PRINTING_TARGETS
+                .iter()
+                .any(|t| meta.target().starts_with(t))
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = if json {
+        fmt.json().with_current_span(false).boxed()
     } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(no_secrets).with_filter(filter))
+        .init();
+}
+
+/// Pingora's HTTP server options: h2c as configured; `CONNECT` let through to
+/// `request_filter` (which refuses it with the JSON body, where Pingora would answer a
+/// bare 405); idle HTTP/2 connections closed after `server.keepalive_timeout`.
+fn http_server_options(server: &config::ServerSettings) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.h2c = server.h2c;
+    options.allow_connect_method_proxying = true;
+    options.h2_idle_timeout = Some(server.keepalive_timeout.max(Duration::from_millis(1)));
+    options
+}
+
+/// Decoded HTTP/2 header lists are accepted up to this size, so that a head over the
+/// front's 32 KiB limit reaches `request_filter` and gets the JSON 431 (the `h2` crate
+/// answers a bare 431 beyond it).
+const H2_MAX_HEADER_LIST: u32 = 1024 * 1024;
+
+fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
+    let mut options = pingora::protocols::http::v2::server::default_h2_options();
+    options.max_header_list_size(H2_MAX_HEADER_LIST);
+    options
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
@@ -182,17 +218,15 @@ fn run(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
 
     let (routes, health_checks) = routes::build(&gateway.config.routes)?;
+    let routes = Arc::new(routes);
     let mut proxy = HttpProxy::new(
-        proxy::EdgeProxy::new(gateway.clone(), routes),
+        proxy::EdgeProxy::new(gateway.clone(), routes.clone()),
         server.configuration.clone(),
     );
     proxy.handle_init_modules();
-    if gateway.config.server.h2c {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        proxy.server_options = Some(options);
-    }
-    let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy));
+    proxy.server_options = Some(http_server_options(&gateway.config.server));
+    proxy.h2_options = Some(h2_options());
+    let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy), routes);
     let mut public = Service::new("public".to_owned(), front);
     // No per-connection L4 buffers: the front reads request heads into its own small
     // buffer and streams write whole batches, so Pingora's 64 KiB read buffer per

@@ -23,10 +23,11 @@ pub const OUTCOMES: [&str; 5] = [
 pub const DROP_REASONS: [&str; 3] = ["slow_consumer", "invalid_utf8", "invalid_event_type"];
 
 /// `sse_admission_rejections_total{reason}` values: why admission refused a request.
-pub const REJECTIONS: [&str; 9] = [
+pub const REJECTIONS: [&str; 10] = [
     "rate_limited",
     "max_connections",
     "max_connections_per_ip",
+    "max_sockets_per_ip",
     "max_subscribers_per_topic",
     "draining",
     "header_timeout",
@@ -44,6 +45,8 @@ pub enum Rejection {
     MaxConnections,
     /// `limits.max_connections_per_ip`.
     MaxConnectionsPerIp,
+    /// `limits.max_sockets_per_ip`: a peer's open connections of any kind.
+    MaxSocketsPerIp,
     /// `limits.max_subscribers_per_topic`.
     MaxSubscribersPerTopic,
     /// Shutting down.
@@ -64,6 +67,7 @@ impl Rejection {
             Self::RateLimited => "rate_limited",
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
+            Self::MaxSocketsPerIp => "max_sockets_per_ip",
             Self::MaxSubscribersPerTopic => "max_subscribers_per_topic",
             Self::Draining => "draining",
             Self::HeaderTimeout => "header_timeout",
@@ -100,7 +104,6 @@ pub struct Metrics {
 
 /// How a stream request ended at admission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code, reason = "auth is not wired in yet")]
 pub enum Outcome {
     /// Streaming.
     Accepted,

@@ -1,27 +1,56 @@
 //! `POST /publish/{topic}`: body = event data (UTF-8), optional `?event=<type>`; answers
 //! `202 {"id": "<event id>"}` — the id this gateway's clients see for the event.
+//!
+//! Size: a body over `limits.max_publish_bytes` is `413 payload_too_large` (checked on
+//! `Content-Length` before anything is read, and again while reading); by default the
+//! limit is 1 MiB less [`HEADER_ROOM`], and never more than the NATS server's
+//! `max_payload` less that room, so a body that can never fit is never a retryable 503.
+//!
+//! Cross-site requests: a token taken from the auth cookie is honoured only for requests
+//! from this gateway's own origin or an origin listed in `cors.allowed_origins` with
+//! `cors.allow_credentials = true`; a browser attaches cookies to requests any site makes
+//! (a form POST needs no preflight), so anything else is `403` (send the token in
+//! `Authorization` instead).
 
 use bytes::{Bytes, BytesMut};
 use percent_encoding::percent_decode_str;
-use pingora::http::{Method, ResponseHeader};
 use pingora::proxy::Session;
 use sse_bus::PublishError;
 use sse_hub::TopicName;
 
-use crate::cors::Headers;
-use crate::http_error::ApiError;
+use crate::edge::{self, ApiError, RequestView, Response};
 use crate::metrics::Outcome;
 use crate::state::Gateway;
 
 /// The path prefix of the publish API.
 pub const PUBLISH_PATH: &str = "/publish/";
 
-/// Largest body accepted.
-pub const MAX_BODY: usize = 1024 * 1024;
+/// Room kept for the headers of the NATS message carrying a body (`Sse-Event` with a
+/// 256-byte type, `Sse-Publish-Id`, a trace context, the header preamble).
+pub const HEADER_ROOM: usize = 1024;
+
+/// The default `limits.max_publish_bytes`: 1 MiB less [`HEADER_ROOM`].
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024 - HEADER_ROOM;
 
 /// Whether `path` is the publish API's.
 pub fn is_publish_path(path: &str) -> bool {
     path.starts_with(PUBLISH_PATH) || path == "/publish"
+}
+
+/// The largest body accepted now: the configured limit (or the default), never more than
+/// the bus can carry.
+pub fn max_body(gateway: &Gateway) -> usize {
+    let configured = gateway
+        .config
+        .limits
+        .max_publish_bytes
+        .unwrap_or(DEFAULT_MAX_BODY);
+    let bus = gateway
+        .publisher
+        .get()
+        .and_then(|p| p.max_payload())
+        .map(|max| max.saturating_sub(HEADER_ROOM));
+    bus.map_or(configured, |bus| configured.min(bus))
 }
 
 /// What a valid publish request asks for.
@@ -74,56 +103,52 @@ fn check_event_type(event: &str) -> Result<(), ApiError> {
 }
 
 /// Serves a publish request; always answers.
-pub async fn handle(
-    gateway: &Gateway,
-    session: &mut Session,
-    cors: Headers,
-) -> pingora::Result<bool> {
-    match publish(gateway, session).await {
-        Ok(id) => {
-            let body = Bytes::from(serde_json::json!({ "id": id }).to_string());
-            let mut head = ResponseHeader::build(202, Some(4 + cors.len()))?;
-            head.insert_header("Content-Type", "application/json")?;
-            head.insert_header("Content-Length", body.len().to_string())?;
-            head.insert_header("Cache-Control", "no-store")?;
-            for (name, value) in cors {
-                head.insert_header(name, value)?;
-            }
-            session.write_response_header(Box::new(head), false).await?;
-            session.write_response_body(Some(body), true).await?;
-        }
+pub async fn handle(gateway: &Gateway, session: &mut Session) -> pingora::Result<bool> {
+    let cors = edge::cors_headers(&gateway.config.cors, session.req_header());
+    let answer = match publish(gateway, session).await {
+        Ok(id) => Response::json(202, &serde_json::json!({ "id": id })),
         Err(error) => {
             if matches!(error.status, 401 | 403) {
                 gateway.metrics.count(Outcome::Unauthorized);
             }
-            error.with_headers(cors).send(session).await?;
+            // The body may be unread: the connection is not worth draining.
+            session.set_keepalive(None);
+            Response::error(&error)
         }
-    }
+    };
+    answer.with_headers(cors).send(session).await?;
     Ok(true)
 }
 
 async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, ApiError> {
     let req = session.req_header();
-    if req.method != Method::POST {
-        return Err(ApiError::method_not_allowed(req.method.as_str(), "POST"));
+    if req.method() != "POST" {
+        return Err(ApiError::method_not_allowed(req.method(), "POST"));
     }
-    let request = parse(req.uri.path(), req.uri.query())?;
+    let request = parse(req.path(), req.query())?;
     if let Some(auth) = &gateway.config.auth {
-        let cookies: Vec<&[u8]> = req
-            .headers
-            .get_all("cookie")
-            .iter()
-            .map(|v| v.as_bytes())
-            .collect();
-        let token = auth.token_from(
-            req.headers.get("authorization").map(|v| v.as_bytes()),
-            &cookies,
-            req.uri.query(),
-        );
+        let cookies = req.header_values("cookie");
+        let found = auth.token_with_source(req.header("authorization"), &cookies, req.query());
+        if found
+            .as_ref()
+            .is_some_and(|(_, source)| *source == sse_auth::TokenSource::Cookie)
+            && is_cross_site(gateway, req)
+        {
+            return Err(ApiError::cross_site());
+        }
+        let token = found.map(|(token, _)| token);
         auth.check_publish(token.as_deref(), request.topic.as_str())
             .map_err(|d| ApiError::denied(&d))?;
     }
-    let body = read_body(session).await?;
+    let max = max_body(gateway);
+    let declared = req
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(ApiError::payload_too_large(max));
+    }
+    let body = read_body(session, max).await?;
     if std::str::from_utf8(&body).is_err() {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -139,22 +164,46 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
         .map_err(|e| match e {
             PublishError::Timeout => ApiError::gateway_timeout(e.to_string()),
             PublishError::Refused(_) => ApiError::bad_request("refused", e.to_string()),
+            PublishError::TooLarge => ApiError::payload_too_large(max),
             other => ApiError::unavailable(other.to_string(), gateway.retry_after_secs()),
         })
 }
 
-async fn read_body(session: &mut Session) -> Result<Bytes, ApiError> {
+/// Whether a browser sent this request on behalf of another site: its `Origin` is
+/// neither this gateway's own (the `Host` it was sent to) nor one allowed to send
+/// credentials by `[cors]`.
+fn is_cross_site(gateway: &Gateway, req: &pingora::http::RequestHeader) -> bool {
+    let Some(origin) = req.header("origin") else {
+        // Browsers send Origin on every cross-site POST; without it, Sec-Fetch-Site tells.
+        return req.header("sec-fetch-site") == Some(&b"cross-site"[..]);
+    };
+    if gateway.config.cors.allows_credentials_from(origin) {
+        return false;
+    }
+    let authority = origin
+        .strip_prefix(b"https://")
+        .or_else(|| origin.strip_prefix(b"http://"));
+    // HTTP/1 names the authority in `Host`, HTTP/2 in the request target.
+    let host = req
+        .header("host")
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+    !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+}
+
+async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, ApiError> {
     let mut body = BytesMut::new();
     loop {
-        let chunk = session
-            .read_request_body()
-            .await
-            .map_err(|e| ApiError::bad_request("bad_body", format!("cannot read the body: {e}")))?;
+        let chunk = session.read_request_body().await.map_err(|e| {
+            ApiError::bad_request(
+                "bad_body",
+                format!("cannot read the body: {}", e.etype().as_str()),
+            )
+        })?;
         let Some(chunk) = chunk else {
             return Ok(body.freeze());
         };
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(ApiError::payload_too_large(MAX_BODY));
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::payload_too_large(max));
         }
         body.extend_from_slice(&chunk);
     }
@@ -162,7 +211,6 @@ async fn read_body(session: &mut Session) -> Result<Bytes, ApiError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

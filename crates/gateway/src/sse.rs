@@ -1,11 +1,11 @@
 //! Opening a stream: admit it, subscribe it, then serve its socket from a lean task
 //! running the hub's writer.
 //!
-//! A request reaches here from the public listener's own head reader (the common case:
-//! the first request of a connection) or from Pingora's `request_filter` (a later request
-//! on a connection Pingora kept alive). Either way the HTTP/1 connection is then served by
+//! A request reaches here from the front's head reader (every HTTP/1 request) or from
+//! Pingora's `request_filter` (an HTTP/2 stream). An HTTP/1 connection is then served by
 //! [`sse_hub::serve`], which writes the response head, the opening bytes and the events
-//! with its own chunked framing; no Pingora state stays attached to it.
+//! with its own chunked framing; no Pingora state stays attached to it. An HTTP/2 stream
+//! is relayed through its Pingora session (see `proxy.rs`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -17,9 +17,8 @@ use sse_hub::{BodyFraming, Subscription};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::admission::{self, Refusal};
-use crate::cors::Headers;
-use crate::http_error::ApiError;
+use crate::admission::{self, Client, Refusal};
+use crate::edge::{ApiError, Connection, Headers, RequestView, Response, Version};
 use crate::metrics::Outcome;
 use crate::request::parse_events_request;
 use crate::state::{Gateway, StreamGuard};
@@ -27,54 +26,33 @@ use crate::state::{Gateway, StreamGuard};
 /// How long a new stream waits for its upstream subscriptions to be confirmed.
 const UPSTREAM_CONFIRM: Duration = Duration::from_secs(5);
 
-/// Response head of an HTTP/1.1 stream.
-const HEAD_CHUNKED: &[u8] = b"HTTP/1.1 200 OK\r\n\
-Content-Type: text/event-stream\r\n\
-Cache-Control: no-cache\r\n\
-X-Accel-Buffering: no\r\n\
-Transfer-Encoding: chunked\r\n\
-\r\n";
-
-/// Response head for an HTTP/1.0 client: no chunking, the end is the close.
-const HEAD_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\n\
-Content-Type: text/event-stream\r\n\
-Cache-Control: no-cache\r\n\
-X-Accel-Buffering: no\r\n\
-Connection: close\r\n\
-\r\n";
-
 /// What opening a stream needs to know of a request, whichever way it arrived.
-#[derive(Debug)]
 pub struct StreamRequest<'a> {
-    /// Request method.
-    pub method: &'a str,
-    /// Path, still percent-encoded.
-    pub path: &'a str,
-    /// Raw query.
-    pub query: Option<&'a str>,
-    /// How the response goes out.
-    pub transport: Transport,
-    /// The `Last-Event-ID` header.
-    pub last_event_id: Option<&'a [u8]>,
-    /// The client's address (after trusted proxies).
-    pub client: IpAddr,
+    /// The request.
+    pub request: &'a dyn RequestView,
+    /// Who sent it.
+    pub client: Client,
     /// CORS headers for the response (empty when the origin is not allowed).
     pub cors: Headers,
-    /// Where a token may be: the `Authorization` header …
-    pub authorization: Option<&'a [u8]>,
-    /// … and the `Cookie` headers (and `access_token` in the query).
-    pub cookies: Vec<&'a [u8]>,
 }
 
-/// How a stream's response is carried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// HTTP/1.1: our head, chunked body.
-    Http11,
-    /// HTTP/1.0: our head, body until close.
-    Http10,
-    /// Pingora writes the head and frames the body (HTTP/2): body bytes only.
-    Framed,
+impl std::fmt::Debug for StreamRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamRequest")
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> StreamRequest<'a> {
+    /// The stream `request` asks for, from `client`.
+    pub fn new(request: &'a dyn RequestView, client: Client, cors: Headers) -> Self {
+        Self {
+            request,
+            client,
+            cors,
+        }
+    }
 }
 
 /// A stream that passed admission: everything it holds is released when it ends.
@@ -87,54 +65,65 @@ pub struct Admitted {
     head: Bytes,
 }
 
-/// Checks, in order: token bucket, method, request, draining, connection caps, topic
-/// caps; then subscribes and waits for the upstream subscriptions.
+/// Checks, in order (the token bucket was taken by the edge): method, request,
+/// credentials, draining, connection caps, topic caps; then subscribes and waits for the
+/// upstream subscriptions.
 pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Admitted, Refusal> {
-    admission::check_rate(gateway, req.client)?;
-    if req.method != "GET" {
+    let request = req.request;
+    if request.method() != "GET" {
         return Err(Refusal::bad_request(ApiError::method_not_allowed(
-            req.method, "GET",
+            request.method(),
+            "GET",
         )));
     }
     let sse = &gateway.config.sse;
-    let request = parse_events_request(
-        req.path,
-        req.query,
+    let events = parse_events_request(
+        request.path(),
+        request.query(),
         sse.allow_wildcards,
         sse.max_topics_per_connection,
     )
     .map_err(|e| Refusal::bad_request(e.into()))?;
     if let Some(auth) = &gateway.config.auth {
-        let token = auth.token_from(req.authorization, &req.cookies, req.query);
-        let topics: Vec<&str> = request.topics.iter().map(|t| t.as_str()).collect();
+        let cookies = request.header_values("cookie");
+        let token = auth.token_from(request.header("authorization"), &cookies, request.query());
+        let topics: Vec<&str> = events.topics.iter().map(|t| t.as_str()).collect();
         auth.check_subscribe(token.as_deref(), &topics)
             .map_err(Refusal::denied)?;
     }
     // The header is what EventSource sends on reconnect: it wins over the query.
-    let last_event_id = match req.last_event_id {
+    let last_event_id = match request.header("last-event-id") {
         Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
-        None => request.last_event_id,
+        None => events.last_event_id,
     };
     if gateway.is_draining() {
         return Err(Refusal::draining(gateway));
     }
     let slot = gateway
         .caps
-        .acquire(req.client)
+        .acquire(req.client.key)
         .map_err(|cap| admission::cap_refusal(gateway, cap))?;
     let sub = gateway
         .hub
-        .subscribe(&request.topics, last_event_id.as_deref())
+        .subscribe(&events.topics, last_event_id.as_deref())
         .map_err(|e| admission::topic_full(gateway, &e))?;
     let guard = gateway.open_stream();
     gateway.hub.wait_upstream(&sub, UPSTREAM_CONFIRM).await;
     if gateway.is_draining() {
         return Err(Refusal::draining(gateway));
     }
-    let (head, framing) = match req.transport {
-        Transport::Http11 => (with_headers(HEAD_CHUNKED, &req.cors), BodyFraming::Chunked),
-        Transport::Http10 => (with_headers(HEAD_CLOSE, &req.cors), BodyFraming::Raw),
-        Transport::Framed => (Bytes::new(), BodyFraming::Raw),
+    let stream_head = Response::event_stream(req.cors.clone());
+    let (head, framing) = match request.version() {
+        Version::Http11 => (
+            Bytes::from(stream_head.to_http1(Connection::KeepAlive)),
+            BodyFraming::Chunked,
+        ),
+        Version::Http10 => (
+            Bytes::from(stream_head.to_http1(Connection::Close)),
+            BodyFraming::Raw,
+        ),
+        // The transport writes the head and frames the body.
+        Version::Http2 => (Bytes::new(), BodyFraming::Raw),
     };
     Ok(Admitted {
         sub,
@@ -145,22 +134,15 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
     })
 }
 
-/// A response head with `extra` headers added before its blank line.
-fn with_headers(head: &'static [u8], extra: &Headers) -> Bytes {
-    if extra.is_empty() {
-        return Bytes::from_static(head);
-    }
-    let mut out = head[..head.len() - 2].to_vec();
-    for (name, value) in extra {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
-}
-
-/// Serves an admitted stream on `io` from a task of its own.
-pub fn spawn<S>(gateway: &Arc<Gateway>, io: S, admitted: Admitted, peer: IpAddr)
-where
+/// Serves an admitted stream on `io` from a task of its own; `socket` (the connection's
+/// place under `limits.max_sockets_per_ip`) is held until it ends.
+pub fn spawn<S>(
+    gateway: &Arc<Gateway>,
+    io: S,
+    admitted: Admitted,
+    peer: IpAddr,
+    socket: Option<Slot>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     gateway.metrics.count(Outcome::Accepted);
@@ -190,6 +172,6 @@ where
             secs = started.elapsed().as_secs_f64(),
             "stream closed"
         );
-        drop((slot, guard));
+        drop((slot, guard, socket));
     });
 }

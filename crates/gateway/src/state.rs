@@ -27,8 +27,10 @@ pub struct Gateway {
     pub writer: WriterConfig,
     /// Token buckets per client address.
     pub rate: RateLimiter,
-    /// Connection caps (global and per client address).
+    /// Stream caps (global and per client address).
     pub caps: Arc<Caps>,
+    /// Open public-listener sockets per peer address (`limits.max_sockets_per_ip`).
+    pub sockets: Arc<Caps>,
     /// Replays from JetStream (set when JetStream is enabled).
     pub history: OnceLock<History>,
     /// The publish API's way out (set at start-up).
@@ -59,11 +61,13 @@ impl Gateway {
             NonZeroU32::new(limits.connect_burst_per_ip).unwrap_or(NonZeroU32::MIN),
         );
         let caps = Caps::new(limits.max_connections, limits.max_connections_per_ip);
+        let sockets = Caps::new(u64::MAX, limits.max_sockets_per_ip);
         Arc::new(Self {
             history: OnceLock::new(),
             publisher: OnceLock::new(),
             rate,
             caps,
+            sockets,
             config,
             hub,
             metrics,

@@ -4,7 +4,8 @@
 //! Preflights (`OPTIONS`) always answer 204; an allowed `Origin` is echoed exactly in
 //! `Access-Control-Allow-Origin` (never `*`), with `Vary: Origin`; other origins get no
 //! CORS headers at all, so browsers refuse them. `"*"` in the list allows any origin
-//! (still echoed exactly).
+//! (still echoed exactly), and cannot be combined with `allow_credentials` (a
+//! configuration error): credentials go only to origins listed by name.
 
 /// Response headers, name and value.
 pub type Headers = Vec<(&'static str, String)>;
@@ -34,6 +35,16 @@ impl Cors {
             return None;
         }
         (self.any || self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))).then_some(origin)
+    }
+
+    /// Whether `origin` may make credentialed (cookie) requests: listed by name (not
+    /// through `"*"`) with `allow_credentials` on.
+    pub fn allows_credentials_from(&self, origin: &[u8]) -> bool {
+        let Ok(origin) = std::str::from_utf8(origin) else {
+            return false;
+        };
+        let origin = origin.trim();
+        self.credentials && self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
     }
 
     /// Headers for an actual response to an allowed `origin`.

@@ -1,10 +1,16 @@
-//! The one place where errors become HTTP responses: status, `Retry-After` and the
+//! The one place where errors become HTTP answers: status, `Retry-After`, `Allow` and the
 //! JSON body `{"error":"<code>","message":"<human text>"}` of SPEC §2.
+//!
+//! Every refusal the gateway writes — from its own front, from a handler, or on behalf of
+//! the proxy library (`fail_to_proxy`) — is an [`ApiError`] built here and rendered by
+//! [`super::Response::error`]. Messages never quote a request target or header value
+//! verbatim: a query may hold a token (SPEC §9, "Secrets").
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::{ErrorSource, ErrorType};
 
+use crate::front::head::{HeadError, MAX_HEAD, MAX_HEADERS, MAX_REQUEST_LINE};
+use crate::metrics::Rejection;
 use crate::request::RequestError;
 
 /// An error answer to a client.
@@ -84,7 +90,12 @@ impl ApiError {
         Self::new(400, code, message)
     }
 
-    /// 413: the body is too large.
+    /// 400 `bad_path`: a path no route may see (dot segments, encoded separators, NUL).
+    pub fn bad_path(message: impl Into<String>) -> Self {
+        Self::new(400, "bad_path", message)
+    }
+
+    /// 413: the body is larger than `max` bytes.
     pub fn payload_too_large(max: usize) -> Self {
         Self::new(
             413,
@@ -111,32 +122,9 @@ impl ApiError {
         Self::new(504, "gateway_timeout", message)
     }
 
-    /// 408: the request head did not arrive in time.
-    pub fn request_timeout() -> Self {
-        Self::new(
-            408,
-            "request_timeout",
-            "the request head did not arrive in time",
-        )
-    }
-
-    /// 414: the request line is too long.
-    pub fn uri_too_long(max: usize) -> Self {
-        Self::new(
-            414,
-            "uri_too_long",
-            format!("the request line is longer than {max} bytes"),
-        )
-    }
-
-    /// 431: the request head is too large.
-    pub fn headers_too_large(message: String) -> Self {
-        Self::new(431, "headers_too_large", message)
-    }
-
-    /// 400: not an HTTP/1 request.
-    pub fn malformed(message: String) -> Self {
-        Self::new(400, "bad_request", message)
+    /// 500: something failed inside the gateway.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "internal_error", message)
     }
 
     /// 401 (no or invalid token) or 403 (the token does not cover a topic).
@@ -145,6 +133,15 @@ impl ApiError {
             sse_auth::Denied::Forbidden(message) => Self::new(403, "forbidden", message.clone()),
             other => Self::new(401, "unauthorized", other.message().to_owned()),
         }
+    }
+
+    /// 403: a request made by another site with the browser's cookie.
+    pub fn cross_site() -> Self {
+        Self::new(
+            403,
+            "forbidden",
+            "a cross-site request may not use the auth cookie; send the token in the Authorization header",
+        )
     }
 
     /// 503: the gateway is shutting down.
@@ -159,30 +156,97 @@ impl ApiError {
         }
     }
 
+    /// A request head that could not be read (400/408/414/431), and how it is counted.
+    pub fn from_head(e: &HeadError) -> (Rejection, Self) {
+        match e {
+            HeadError::Timeout(_) => (
+                Rejection::HeaderTimeout,
+                Self::new(
+                    408,
+                    "request_timeout",
+                    "the request head did not arrive in time",
+                ),
+            ),
+            HeadError::UriTooLong => (
+                Rejection::UriTooLong,
+                Self::new(
+                    414,
+                    "uri_too_long",
+                    format!("the request line is longer than {MAX_REQUEST_LINE} bytes"),
+                ),
+            ),
+            HeadError::TooLarge => (
+                Rejection::HeaderTooLarge,
+                Self::new(
+                    431,
+                    "headers_too_large",
+                    format!(
+                        "the request head is larger than {MAX_HEAD} bytes or has more than {MAX_HEADERS} fields"
+                    ),
+                ),
+            ),
+            other => (
+                Rejection::MalformedRequest,
+                Self::new(400, "bad_request", other.to_string()),
+            ),
+        }
+    }
+
+    /// The answer for a proxy-library error (`fail_to_proxy`), or `None` when the client's
+    /// connection is already gone and nothing can be written.
+    pub fn from_proxy(e: &pingora::Error, path: &str) -> Option<Self> {
+        let error = match e.etype() {
+            ErrorType::HTTPStatus(404) => Self::not_found(path),
+            ErrorType::HTTPStatus(code) => {
+                let code = *code;
+                let reason = http::StatusCode::from_u16(code)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("error");
+                Self::new(code, "error", reason.to_ascii_lowercase())
+            }
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() != &ErrorSource::Downstream =>
+            {
+                Self::gateway_timeout(format!(
+                    "the upstream did not answer in time ({})",
+                    e.etype().as_str()
+                ))
+            }
+            ErrorType::ConnectNoRoute => {
+                Self::bad_gateway("no healthy upstream for this route".to_owned())
+            }
+            _ => match e.esource() {
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::WriteTimedout => return None,
+                    ErrorType::ReadTimedout => Self::new(
+                        408,
+                        "request_timeout",
+                        "the request body did not arrive in time",
+                    ),
+                    other => Self::bad_request(
+                        "bad_request",
+                        format!("the request could not be read ({})", other.as_str()),
+                    ),
+                },
+                ErrorSource::Upstream => {
+                    Self::bad_gateway(format!("the upstream failed: {}", e.etype().as_str()))
+                }
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    Self::internal(format!("the request failed: {}", e.etype().as_str()))
+                }
+            },
+        };
+        Some(error)
+    }
+
     /// The JSON body.
     pub fn body(&self) -> Bytes {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
         Bytes::from(body.to_string())
-    }
-
-    /// Writes the whole response.
-    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
-        let body = self.body();
-        let mut head = ResponseHeader::build(self.status, Some(5))?;
-        head.insert_header("Content-Type", "application/json")?;
-        head.insert_header("Content-Length", body.len().to_string())?;
-        head.insert_header("Cache-Control", "no-store")?;
-        if let Some(secs) = self.retry_after {
-            head.insert_header("Retry-After", secs.max(1).to_string())?;
-        }
-        if let Some(allow) = self.allow {
-            head.insert_header("Allow", allow)?;
-        }
-        for (name, value) in &self.headers {
-            head.insert_header(*name, value.as_str())?;
-        }
-        session.write_response_header(Box::new(head), false).await?;
-        session.write_response_body(Some(body), true).await
     }
 }
 
@@ -194,7 +258,6 @@ impl From<RequestError> for ApiError {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -206,5 +269,35 @@ mod tests {
         assert!(v["message"].as_str().unwrap().contains("topic"));
         assert_eq!(ApiError::draining(0).retry_after, Some(1));
         assert_eq!(ApiError::not_found("/x").status, 404);
+    }
+
+    #[test]
+    fn head_errors_map_to_their_status() {
+        use std::time::Duration;
+        for (e, status) in [
+            (HeadError::Timeout(Duration::from_secs(1)), 408),
+            (HeadError::UriTooLong, 414),
+            (HeadError::TooLarge, 431),
+            (HeadError::Malformed("x".into()), 400),
+            (HeadError::Framing("x"), 400),
+        ] {
+            assert_eq!(ApiError::from_head(&e).1.status, status, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_errors_are_json_or_nothing() {
+        let mut upstream = pingora::Error::explain(ErrorType::ReadTimedout, "x");
+        upstream.as_up();
+        assert_eq!(ApiError::from_proxy(&upstream, "/a").unwrap().status, 504);
+        let mut gone = pingora::Error::explain(ErrorType::WriteError, "x");
+        gone.as_down();
+        assert!(ApiError::from_proxy(&gone, "/a").is_none());
+        let mut bad = pingora::Error::explain(ErrorType::InvalidHTTPHeader, "x");
+        bad.as_down();
+        assert_eq!(ApiError::from_proxy(&bad, "/a").unwrap().status, 400);
+        let status = pingora::Error::explain(ErrorType::HTTPStatus(405), "x");
+        let e = ApiError::from_proxy(&status, "/a").unwrap();
+        assert_eq!((e.status, e.code), (405, "error"));
     }
 }

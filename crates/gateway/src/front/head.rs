@@ -1,9 +1,14 @@
-//! Reading an HTTP/1 request head with a deadline and size limits.
+//! Reading an HTTP/1 request head with a deadline, size limits and framing rules.
 //!
-//! The public listener reads every connection's first request head itself: a client
+//! The public listener reads every request head on every connection itself: a client
 //! must send it within `server.header_timeout` of its first byte (slowloris), the request
 //! line may not exceed [`MAX_REQUEST_LINE`] (414) and the whole head [`MAX_HEAD`] or
-//! [`MAX_HEADERS`] headers (431). Malformed heads are 400. Bytes read past the head stay
+//! [`MAX_HEADERS`] headers (431). Malformed heads are 400, and so are heads whose body
+//! framing two parsers could read differently (SPEC §9, "Request framing"): both
+//! `Content-Length` and `Transfer-Encoding`, more than one `Content-Length` value (even
+//! equal ones), a `Transfer-Encoding` other than `chunked`, or one on HTTP/1.0. A head the
+//! `http` crate would refuse (Pingora's own parser) is refused here, so a request handed
+//! on is never answered by a library without the JSON body. Bytes read past the head stay
 //! in the buffer for whoever handles the request next.
 
 use std::io;
@@ -33,6 +38,19 @@ pub struct RequestHead {
     pub headers: Vec<(String, Vec<u8>)>,
     /// Bytes of the head, blank line included.
     pub len: usize,
+    /// How the body that follows is framed.
+    pub body: BodyLength,
+}
+
+/// The body of a request, as its head frames it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// No body (no framing header, or `Content-Length: 0`).
+    Empty,
+    /// `Content-Length: n`, n > 0.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
 }
 
 impl RequestHead {
@@ -41,14 +59,6 @@ impl RequestHead {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_slice())
-    }
-
-    /// Every value of header `name` (lower-case), in order.
-    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n == name)
             .map(|(_, v)| v.as_slice())
     }
 
@@ -67,10 +77,7 @@ impl RequestHead {
     /// Whether the request carries a body (the connection cannot simply be reused
     /// without reading it).
     pub fn has_body(&self) -> bool {
-        self.header("transfer-encoding").is_some()
-            || self
-                .header("content-length")
-                .is_some_and(|v| v.iter().any(|&b| b != b'0' && !b.is_ascii_whitespace()))
+        self.body != BodyLength::Empty
     }
 
     /// Whether the client allows another request on this connection.
@@ -110,6 +117,9 @@ pub enum HeadError {
     /// Not an HTTP/1 request head.
     #[error("malformed request: {0}")]
     Malformed(String),
+    /// The body framing is ambiguous or unsupported (request smuggling).
+    #[error("refused request framing: {0}")]
+    Framing(&'static str),
     /// The socket failed.
     #[error("reading the request failed: {0}")]
     Io(#[from] io::Error),
@@ -197,30 +207,119 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
             else {
                 return Err(HeadError::Malformed("incomplete request line".into()));
             };
+            // Never quote the target: its query may hold a token.
             if !target.starts_with('/') {
-                return Err(HeadError::Malformed(format!(
-                    "request target {target:?} is not a path"
-                )));
+                return Err(HeadError::Malformed(
+                    "the request target is not a path (origin form)".into(),
+                ));
             }
-            let headers = req
-                .headers
-                .iter()
-                .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
-                .collect();
+            if http::Uri::try_from(target).is_err() {
+                return Err(HeadError::Malformed(
+                    "the request target has characters a URI cannot hold".into(),
+                ));
+            }
+            if http::Method::from_bytes(method.as_bytes()).is_err() {
+                return Err(HeadError::Malformed("the method is not a token".into()));
+            }
+            let mut headers = Vec::with_capacity(req.headers.len());
+            for h in req.headers.iter() {
+                if http::HeaderValue::from_bytes(h.value).is_err() {
+                    return Err(HeadError::Malformed(format!(
+                        "header {:?} has a value with control characters",
+                        h.name
+                    )));
+                }
+                headers.push((h.name.to_ascii_lowercase(), h.value.to_vec()));
+            }
+            let body = framing(&headers, minor_version)?;
             Ok(Some(RequestHead {
                 method: method.to_owned(),
                 target: target.to_owned(),
                 minor_version,
                 headers,
                 len,
+                body,
             }))
         }
     }
 }
 
+/// The body framing of a head, under the rules of SPEC §9.
+fn framing(headers: &[(String, Vec<u8>)], minor_version: u8) -> Result<BodyLength, HeadError> {
+    let lengths: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    let codings: Vec<&[u8]> = headers
+        .iter()
+        .filter(|(n, _)| n == "transfer-encoding")
+        .map(|(_, v)| v.as_slice())
+        .collect();
+    match (lengths.as_slice(), codings.as_slice()) {
+        ([], []) => Ok(BodyLength::Empty),
+        ([_, ..], [_, ..]) => Err(HeadError::Framing(
+            "both Content-Length and Transfer-Encoding",
+        )),
+        ([], [coding]) => {
+            if minor_version == 0 {
+                return Err(HeadError::Framing(
+                    "Transfer-Encoding on an HTTP/1.0 request",
+                ));
+            }
+            if coding.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                Ok(BodyLength::Chunked)
+            } else {
+                Err(HeadError::Framing("a Transfer-Encoding other than chunked"))
+            }
+        }
+        ([], [_, _, ..]) => Err(HeadError::Framing("more than one Transfer-Encoding")),
+        ([length], []) => {
+            let digits = length.trim_ascii();
+            if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(HeadError::Framing(
+                    "Content-Length is not one decimal number",
+                ));
+            }
+            let n = digits
+                .iter()
+                .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            Ok(if n == 0 {
+                BodyLength::Empty
+            } else {
+                BodyLength::Length(n)
+            })
+        }
+        ([_, _, ..], []) => Err(HeadError::Framing("more than one Content-Length")),
+    }
+}
+
+/// The size limits of an HTTP/1 head, applied to a head another reader parsed (HTTP/2):
+/// request line over [`MAX_REQUEST_LINE`] is [`HeadError::UriTooLong`], more than
+/// [`MAX_HEADERS`] fields or over [`MAX_HEAD`] bytes (counted as HTTP/1 would carry them)
+/// is [`HeadError::TooLarge`].
+pub fn check_limits(req: &pingora::http::RequestHeader) -> Result<(), HeadError> {
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    if line > MAX_REQUEST_LINE {
+        return Err(HeadError::UriTooLong);
+    }
+    if req.headers.len() > MAX_HEADERS {
+        return Err(HeadError::TooLarge);
+    }
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    if line + fields + 2 > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
 
@@ -293,6 +392,81 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        for (framing, version) in [
+            ("Content-Length: 3\r\nTransfer-Encoding: chunked\r\n", "1.1"),
+            ("Transfer-Encoding: chunked\r\nContent-Length: 3\r\n", "1.1"),
+            ("Transfer-Encoding: xchunked\r\n", "1.1"),
+            ("Transfer-Encoding: gzip, chunked\r\n", "1.1"),
+            ("Transfer-Encoding: chunked, chunked\r\n", "1.1"),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                "1.1",
+            ),
+            ("Content-Length: 3, 3\r\n", "1.1"),
+            ("Content-Length: 3\r\nContent-Length: 3\r\n", "1.1"),
+            ("Content-Length: 3\r\nContent-Length: 4\r\n", "1.1"),
+            ("Content-Length: +3\r\n", "1.1"),
+            ("Content-Length: -1\r\n", "1.1"),
+            ("Content-Length: 0x3\r\n", "1.1"),
+            ("Content-Length: \r\n", "1.1"),
+            ("Transfer-Encoding: chunked\r\n", "1.0"),
+        ] {
+            let text = format!("POST /x HTTP/{version}\r\nHost: h\r\n{framing}\r\n");
+            assert!(
+                matches!(parse(text.as_bytes()), Err(HeadError::Framing(_))),
+                "{text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plain_framing_is_read() {
+        assert_eq!(head("GET / HTTP/1.1\r\n\r\n").body, BodyLength::Empty);
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body,
+            BodyLength::Empty
+        );
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nContent-Length:  12 \r\n\r\n").body,
+            BodyLength::Length(12)
+        );
+        assert_eq!(
+            head("POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").body,
+            BodyLength::Chunked
+        );
+    }
+
+    #[test]
+    fn what_pingora_would_refuse_is_refused_here() {
+        for bad in [
+            "GET /a\x7fb HTTP/1.1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        ] {
+            assert!(parse(bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        // Messages never quote the target (its query may hold a token).
+        let e = parse(b"GET http://x/?access_token=SECRET HTTP/1.1\r\n\r\n").unwrap_err();
+        assert!(!e.to_string().contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn h2_heads_get_the_same_limits() {
+        let mut req = pingora::http::RequestHeader::build("GET", b"/a", None).unwrap();
+        assert!(check_limits(&req).is_ok());
+        req.append_header("x-big", "a".repeat(MAX_HEAD)).unwrap();
+        assert!(matches!(check_limits(&req), Err(HeadError::TooLarge)));
+        let mut many = pingora::http::RequestHeader::build("GET", b"/a", None).unwrap();
+        for i in 0..=MAX_HEADERS {
+            many.append_header(format!("x-{i}"), "1").unwrap();
+        }
+        assert!(matches!(check_limits(&many), Err(HeadError::TooLarge)));
+        let long = format!("/{}", "a".repeat(MAX_REQUEST_LINE));
+        let req = pingora::http::RequestHeader::build("GET", long.as_bytes(), None).unwrap();
+        assert!(matches!(check_limits(&req), Err(HeadError::UriTooLong)));
     }
 
     #[tokio::test]
