@@ -13,6 +13,7 @@ mod delivery;
 mod edge;
 mod fanout;
 mod faults;
+mod hostile;
 mod lifecycle;
 mod publish;
 mod resume;

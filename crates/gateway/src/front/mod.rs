@@ -302,6 +302,9 @@ impl Http1<'_> {
             self.buf.advance(head.len);
             Next::Continue(stream)
         } else {
+            if sent.is_ok() {
+                linger(&mut stream).await;
+            }
             Next::Close
         }
     }
@@ -322,9 +325,12 @@ impl Http1<'_> {
             gateway.metrics.count(Outcome::BadRequest);
             gateway.metrics.reject(rejection);
             tracing::debug!(error = %e, "refusing a request body");
-            let _ = Response::error(&error)
+            let sent = Response::error(&error)
                 .write_http1(&mut stream, Connection::Close, ANSWER_TIMEOUT)
                 .await;
+            if sent.is_ok() {
+                linger(&mut stream).await;
+            }
             return Some(Next::Close);
         }
         let upgrade = head.header("upgrade").is_some()
@@ -413,9 +419,37 @@ async fn refuse_head(gateway: &Gateway, stream: &mut Stream, e: &HeadError) {
     tracing::debug!(error = %e, "refusing a request head");
     gateway.metrics.count(Outcome::BadRequest);
     gateway.metrics.reject(rejection);
-    let _ = Response::error(&error)
+    let sent = Response::error(&error)
         .write_http1(stream, Connection::Close, Duration::from_secs(1))
         .await;
+    if sent.is_ok() {
+        linger(stream).await;
+    }
+}
+
+/// Most a closing connection's unread input is drained for, in time and in bytes.
+const LINGER: (Duration, usize) = (Duration::from_secs(1), 1024 * 1024);
+
+/// Closes after an answer the client may still be sending into (an oversized head): our
+/// side is shut, then its input is read and dropped for a moment, so that closing with
+/// unread bytes (which sends a reset) does not destroy the answer before the client has
+/// read it.
+async fn linger(stream: &mut Stream) {
+    use tokio::io::AsyncWriteExt;
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut scratch = [0u8; 16 * 1024];
+        let mut drained = 0;
+        while drained < LINGER.1 {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER.0, drain).await;
 }
 
 /// The plain TCP socket under a Pingora L4 stream, for a stream that is ours from here
