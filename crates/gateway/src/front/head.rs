@@ -231,6 +231,16 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
                 }
                 headers.push((h.name.to_ascii_lowercase(), h.value.to_vec()));
             }
+            // As Pingora's own reader refuses (its answer would have no JSON body).
+            let mut hosts = headers.iter().filter(|(n, _)| n == "host");
+            if let (Some((_, host)), more) = (hosts.next(), hosts.next()) {
+                if more.is_some() {
+                    return Err(HeadError::Malformed("more than one Host header".into()));
+                }
+                if host.contains(&b'@') {
+                    return Err(HeadError::Malformed("userinfo in the Host header".into()));
+                }
+            }
             let body = framing(&headers, minor_version)?;
             Ok(Some(RequestHead {
                 method: method.to_owned(),
@@ -445,6 +455,8 @@ mod tests {
         for bad in [
             "GET /a\x7fb HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: user@a\r\n\r\n",
         ] {
             assert!(parse(bad.as_bytes()).is_err(), "{bad:?}");
         }
