@@ -112,16 +112,12 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
     if gateway.is_draining() {
         return Err(Refusal::draining(gateway));
     }
-    let stream_head = Response::event_stream(req.cors.clone());
     let (head, framing) = match request.version() {
         Version::Http11 => (
-            Bytes::from(stream_head.to_http1(Connection::KeepAlive)),
+            http1_head(&req.cors, Connection::KeepAlive),
             BodyFraming::Chunked,
         ),
-        Version::Http10 => (
-            Bytes::from(stream_head.to_http1(Connection::Close)),
-            BodyFraming::Raw,
-        ),
+        Version::Http10 => (http1_head(&req.cors, Connection::Close), BodyFraming::Raw),
         // The transport writes the head and frames the body.
         Version::Http2 => (Bytes::new(), BodyFraming::Raw),
     };
@@ -132,6 +128,23 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
         framing,
         head,
     })
+}
+
+/// The HTTP/1 head of a stream: rendered once for the common case without CORS headers
+/// and shared by every stream (a stream holds it until its first write).
+fn http1_head(cors: &Headers, connection: Connection) -> Bytes {
+    static PLAIN: std::sync::LazyLock<[Bytes; 2]> = std::sync::LazyLock::new(|| {
+        let head = Response::event_stream(Vec::new());
+        [
+            Bytes::from(head.to_http1(Connection::KeepAlive)),
+            Bytes::from(head.to_http1(Connection::Close)),
+        ]
+    });
+    match (cors.is_empty(), connection) {
+        (true, Connection::KeepAlive) => PLAIN[0].clone(),
+        (true, Connection::Close) => PLAIN[1].clone(),
+        (false, _) => Bytes::from(Response::event_stream(cors.clone()).to_http1(connection)),
+    }
 }
 
 /// Serves an admitted stream on `io` from a task of its own; `socket` (the connection's
