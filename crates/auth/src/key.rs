@@ -1,12 +1,16 @@
 //! Verification keys: the HS256 secret or the RS256/ES256 public key, checked once at start.
 //!
-//! PEM files are classified here from their label and the object identifiers inside, so
-//! a configuration mistake (a private key, a certificate, an EC key on another curve, a
-//! short RSA key) is reported at start-up instead of rejecting every token later.
+//! PEM files are classified here from their label and, through the `pem` and `spki`
+//! crates, the algorithm and curve of their SubjectPublicKeyInfo, so a configuration
+//! mistake (a private key, a certificate, an EC key on another curve, a short RSA key) is
+//! reported at start-up instead of rejecting every token later.
 
 use std::fmt;
 
 use jsonwebtoken::{Algorithm, DecodingKey};
+use spki::der::asn1::UintRef;
+use spki::der::{Decode, Reader, SliceReader};
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 
 use crate::AuthConfigError;
 
@@ -128,23 +132,30 @@ enum KeyType {
     EcP256,
 }
 
-// DER encodings (tag, length, value) of the object identifiers we look for.
-const OID_RSA_ENCRYPTION: &[u8] = &[
-    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
-];
-const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
-const OID_PRIME256V1: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// `rsaEncryption` (PKCS #1).
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+/// `id-ecPublicKey` (RFC 5480).
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// `prime256v1` / `secp256r1`, the curve of ES256.
+const OID_PRIME256V1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 
-/// What kind of public key a PEM file holds, from its first `-----BEGIN` block.
+/// What kind of public key a PEM file holds, from its first block: its label, then the
+/// algorithm (and curve) of its SubjectPublicKeyInfo.
 fn classify_pem(pem: &[u8]) -> Result<KeyType, AuthConfigError> {
-    let (label, der) = pem_block(pem).ok_or_else(|| key_error("the key is not PEM text"))?;
-    match label {
+    let block = pem::parse(pem).map_err(|_| key_error("the key is not PEM text"))?;
+    match block.tag() {
         "RSA PUBLIC KEY" => Ok(KeyType::Rsa),
         "PUBLIC KEY" => {
-            if contains(&der, OID_RSA_ENCRYPTION) {
+            let info = SubjectPublicKeyInfoRef::from_der(block.contents())
+                .map_err(|_| key_error("the public key cannot be read"))?;
+            let algorithm = info.algorithm;
+            if algorithm.oid == OID_RSA_ENCRYPTION {
                 Ok(KeyType::Rsa)
-            } else if contains(&der, OID_EC_PUBLIC_KEY) {
-                if contains(&der, OID_PRIME256V1) {
+            } else if algorithm.oid == OID_EC_PUBLIC_KEY {
+                let curve = algorithm
+                    .parameters
+                    .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+                if curve == Some(OID_PRIME256V1) {
                     Ok(KeyType::EcP256)
                 } else {
                     Err(key_error(
@@ -163,101 +174,29 @@ fn classify_pem(pem: &[u8]) -> Result<KeyType, AuthConfigError> {
         "CERTIFICATE" => Err(key_error(
             "this is a certificate; configure its public key (openssl x509 -pubkey -noout)",
         )),
-        _ => Err(key_error(format!(
+        label => Err(key_error(format!(
             "unexpected PEM block {label:?}; expected \"PUBLIC KEY\""
         ))),
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The label and decoded body of the first PEM block.
-fn pem_block(pem: &[u8]) -> Option<(&str, Vec<u8>)> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let start = text.find("-----BEGIN ")?;
-    let rest = &text[start + "-----BEGIN ".len()..];
-    let label_end = rest.find("-----")?;
-    let label = &rest[..label_end];
-    let body = &rest[label_end + "-----".len()..];
-    let end = body.find(&format!("-----END {label}-----"))?;
-    let der = base64_decode(&body[..end])?;
-    Some((label, der))
-}
-
-/// Standard base64 with padding; whitespace ignored.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    fn value(c: u8) -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let chars: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
-    let data = chars
-        .strip_suffix(b"==")
-        .or_else(|| chars.strip_suffix(b"="))
-        .unwrap_or(&chars);
-    if !chars.len().is_multiple_of(4) || data.contains(&b'=') {
-        return None;
-    }
-    let mut out = Vec::with_capacity(data.len() * 3 / 4);
-    for chunk in data.chunks(4) {
-        let mut acc = 0u32;
-        for &c in chunk {
-            acc = (acc << 6) | value(c)?;
-        }
-        acc <<= 6 * (4 - chunk.len() as u32);
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    Some(out)
-}
-
-/// One DER element: its tag, its contents, and what follows it.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
-/// Bit length of the modulus of a PKCS#1 `RSAPublicKey ::= SEQUENCE { n INTEGER, e INTEGER }`.
+/// Bit length of the modulus of a PKCS #1 `RSAPublicKey ::= SEQUENCE { n INTEGER, e INTEGER }`.
 fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
-    let (0x30, seq, _) = der_element(der)? else {
-        return None;
-    };
-    let (0x02, n, _) = der_element(seq)? else {
-        return None;
-    };
-    let start = n.iter().position(|&b| b != 0)?;
-    let n = &n[start..];
-    Some(n.len() * 8 - n[0].leading_zeros() as usize)
+    let mut reader = SliceReader::new(der).ok()?;
+    let modulus = reader
+        .sequence(|r| {
+            let n: UintRef<'_> = r.decode()?;
+            let _exponent: UintRef<'_> = r.decode()?;
+            Ok(n)
+        })
+        .ok()?;
+    let n = modulus.as_bytes();
+    let first = n.first()?;
+    Some(n.len() * 8 - first.leading_zeros() as usize)
 }
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
-
     use super::*;
 
     const RS256_PUBLIC: &[u8] = include_bytes!("../tests/keys/rs256-public.pem");
@@ -294,7 +233,10 @@ mod tests {
         let cert = b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         assert!(err(VerifyKey::from_public_key_pem(cert)).contains("certificate"));
         let garbage = b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
-        assert!(err(VerifyKey::from_public_key_pem(garbage)).contains("unsupported"));
+        assert!(err(VerifyKey::from_public_key_pem(garbage)).contains("cannot be read"));
+        // The Ed25519 key of RFC 8410 §10.1: a valid key of a type tokens cannot use.
+        let ed25519 = b"-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n-----END PUBLIC KEY-----\n";
+        assert!(err(VerifyKey::from_public_key_pem(ed25519)).contains("unsupported"));
     }
 
     #[test]
@@ -331,19 +273,6 @@ mod tests {
     }
 
     #[test]
-    fn base64_round_trips_known_vectors() {
-        assert_eq!(base64_decode("").unwrap(), b"");
-        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
-        assert_eq!(base64_decode("Zm8=").unwrap(), b"fo");
-        assert_eq!(base64_decode("Zm9v").unwrap(), b"foo");
-        assert_eq!(base64_decode("Zm9v\nYmFy").unwrap(), b"foobar");
-        assert_eq!(base64_decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
-        assert!(base64_decode("Zm9").is_none());
-        assert!(base64_decode("Z=9v").is_none());
-        assert!(base64_decode("Zm9*").is_none());
-    }
-
-    #[test]
     fn rsa_bits_of_the_test_keys() {
         let bits = |pem| {
             let key = DecodingKey::from_rsa_pem(pem).unwrap();
@@ -352,7 +281,11 @@ mod tests {
         assert_eq!(bits(RS256_PUBLIC), 2048);
         assert_eq!(bits(RS256_PUBLIC_PKCS1), 2048);
         assert_eq!(bits(RSA1024_PUBLIC), 1024);
-        assert_eq!(rsa_modulus_bits(&[0x30, 0x03, 0x02, 0x01, 0x05]), Some(3));
+        // SEQUENCE { INTEGER 5, INTEGER 3 }: a 3-bit modulus.
+        assert_eq!(
+            rsa_modulus_bits(&[0x30, 0x06, 0x02, 0x01, 0x05, 0x02, 0x01, 0x03]),
+            Some(3)
+        );
         assert_eq!(rsa_modulus_bits(&[0x30, 0x05, 0x02]), None);
     }
 }
