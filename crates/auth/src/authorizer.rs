@@ -8,7 +8,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use crate::token::TokenSource;
-use crate::{AuthConfigError, VerifyKey, pattern, token};
+use sse_topic::{TopicName, covers};
+
+use crate::{AuthConfigError, VerifyKey, token};
 
 /// Default name of the cookie that may carry the token (`auth.cookie`).
 pub const DEFAULT_COOKIE: &str = "sse_token";
@@ -112,7 +114,7 @@ impl Authorizer {
             return Err(AuthConfigError::Cookie(cookie));
         }
         for pattern in &public_topics {
-            if let Some(reason) = pattern::invalid_reason(pattern) {
+            if let Err(reason) = TopicName::parse(pattern, true) {
                 return Err(AuthConfigError::Pattern {
                     pattern: pattern.clone(),
                     reason,
@@ -254,13 +256,15 @@ fn unauthorized(message: impl Into<String>) -> Denied {
     Denied::Unauthorized(message.into())
 }
 
+/// Whether `s` is a topic pattern (a topic, wildcards allowed).
+fn is_pattern(s: &str) -> bool {
+    TopicName::parse(s, true).is_ok()
+}
+
 /// Whether some valid pattern of `patterns` covers the valid topic `topic`. Invalid claim
 /// patterns allow nothing; an invalid topic is allowed by nothing.
 fn allows(patterns: &[String], topic: &str) -> bool {
-    pattern::is_valid(topic)
-        && patterns
-            .iter()
-            .any(|p| pattern::is_valid(p) && pattern::covers(p, topic))
+    is_pattern(topic) && patterns.iter().any(|p| is_pattern(p) && covers(p, topic))
 }
 
 /// `jsonwebtoken` cannot pick a crypto backend by itself when both of its backend

@@ -77,7 +77,6 @@
 
 mod authorizer;
 mod key;
-mod pattern;
 mod token;
 
 pub use authorizer::{AuthConfig, Authorizer, DEFAULT_COOKIE, Denied, LEEWAY_SECS, MAX_TOKEN_LEN};
@@ -99,7 +98,7 @@ pub enum AuthConfigError {
         /// The rejected entry.
         pattern: String,
         /// What is wrong with it.
-        reason: &'static str,
+        reason: sse_topic::TopicError,
     },
     /// `auth.cookie` is empty or holds characters a cookie name cannot have.
     #[error("auth.cookie: {0:?} is not a valid cookie name")]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 use sse_bus::{JetStreamConfig, NatsBusConfig, ServerAddr};
-use sse_hub::TopicName;
+use sse_topic::TopicName;
 
 use std::sync::Arc;
 

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use percent_encoding::percent_decode_str;
 use pingora::proxy::Session;
 use sse_bus::PublishError;
-use sse_hub::TopicName;
+use sse_topic::TopicName;
 
 use crate::edge::{self, ApiError, RequestView, Response};
 use crate::metrics::Outcome;
@@ -79,27 +79,12 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<PublishRequest, ApiError
     let mut event = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         if key == "event" {
-            if value.starts_with("gateway.") {
-                return Err(ApiError::bad_request(
-                    "bad_event",
-                    "event types starting with \"gateway.\" are reserved for the gateway",
-                ));
-            }
-            check_event_type(&value)?;
+            sse_topic::check_publisher_event_type(&value)
+                .map_err(|e| ApiError::bad_request("bad_event", e.to_string()))?;
             event = Some(value.into_owned());
         }
     }
     Ok(PublishRequest { topic, event })
-}
-
-fn check_event_type(event: &str) -> Result<(), ApiError> {
-    if event.is_empty() || event.len() > 256 || event.contains(['\r', '\n']) {
-        return Err(ApiError::bad_request(
-            "bad_event",
-            "the event type must be 1-256 bytes without CR or LF",
-        ));
-    }
-    Ok(())
 }
 
 /// Serves a publish request; always answers.

@@ -6,7 +6,7 @@
 //! wins when both are present. Other query parameters are ignored (cache busters).
 
 use percent_encoding::percent_decode_str;
-use sse_hub::{TopicError, TopicName};
+use sse_topic::{TopicError, TopicName};
 
 /// The path every stream lives under.
 pub const EVENTS_PATH: &str = "/events";

@@ -293,7 +293,7 @@ impl Hub {
 
 /// Whether a publisher may use `event` as an event type.
 fn is_publisher_event_type(event: &str) -> bool {
-    sse_framing::validate_event_type(event).is_ok() && !event.starts_with("gateway.")
+    sse_topic::check_publisher_event_type(event).is_ok()
 }
 
 /// One event frame: `id: <epoch>-<seq>`, optional `event:`, `data:` lines.

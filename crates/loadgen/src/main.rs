@@ -138,6 +138,10 @@ struct RunArgs {
 impl RunArgs {
     fn into_config(self) -> anyhow::Result<Config> {
         let url = config::parse_http_url(&self.url)?;
+        // Every generated topic `<prefix>.<i>` is a topic if the prefix is one.
+        sse_topic::TopicName::parse(&self.topic_prefix, false).map_err(|e| {
+            anyhow::anyhow!("--topic-prefix {:?} is not a topic: {e}", self.topic_prefix)
+        })?;
         let publisher = match (self.mode, self.publish_http) {
             (ModeArg::Idle, _) => None,
             (ModeArg::Stream, Some(template)) => {

@@ -1,63 +1,24 @@
-//! Topic patterns (SPEC §2) and when one pattern covers another.
+//! Topic patterns and when one pattern covers another.
 //!
-//! A pattern is 1–256 bytes of dot-separated tokens; a token is one or more of
-//! `[A-Za-z0-9_-]`, or `*` (exactly one token), or — as the last token only — `>` (one or
-//! more tokens). A topic without wildcards is a pattern that matches only itself.
+//! A pattern is a [`TopicName`](crate::TopicName) with wildcards allowed: `*` is exactly
+//! one token, a last `>` one or more. A topic without wildcards is a pattern that matches
+//! only itself.
 //!
 //! [`covers`]`(p, q)` holds when every subject `q` can match is matched by `p`. It is what
 //! the authorizer asks of a claim pattern `p` and a requested topic `q`, which may itself
-//! be a wildcard subscription.
-
-/// Longest pattern accepted, in bytes (the topic limit of SPEC §2).
-pub(crate) const MAX_PATTERN_LEN: usize = 256;
-
-/// Why a string is not a topic pattern.
-pub(crate) fn invalid_reason(s: &str) -> Option<&'static str> {
-    if s.is_empty() {
-        return Some("it is empty");
-    }
-    if s.len() > MAX_PATTERN_LEN {
-        return Some("it is longer than 256 bytes");
-    }
-    let mut tokens = s.split('.').peekable();
-    while let Some(token) = tokens.next() {
-        let last = tokens.peek().is_none();
-        match token {
-            "" => return Some("it has an empty token (a leading, trailing or doubled '.')"),
-            "*" => {}
-            ">" if last => {}
-            ">" => return Some("'>' may only be the last token"),
-            _ => {
-                if !token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-                {
-                    return Some(
-                        "a token holds a character other than A-Z a-z 0-9 _ - (wildcards must be whole tokens)",
-                    );
-                }
-            }
-        }
-    }
-    None
-}
-
-/// Whether `s` is a valid topic pattern.
-pub(crate) fn is_valid(s: &str) -> bool {
-    invalid_reason(s).is_none()
-}
+//! be a wildcard subscription; for a literal `q` it is [`matches`].
 
 /// Whether every subject that pattern `q` matches is also matched by pattern `p`.
 ///
-/// Both must be valid patterns (see [`is_valid`]); for a literal `q` this is plain
-/// matching. Walking both token by token:
+/// Both must be valid patterns (`TopicName::parse(_, true)`); for a literal `q` this is
+/// plain matching. Walking both token by token:
 ///
 /// - a `>` in `p` covers whatever non-empty rest `q` has (`*` tokens and `>` included);
 /// - a `*` in `p` covers one literal or `*` of `q`, but not a `>` (that may stand for
 ///   several tokens);
 /// - a literal in `p` covers only the same literal (a `*` in `q` may be any token);
 /// - both must run out together.
-pub(crate) fn covers(p: &str, q: &str) -> bool {
+pub fn covers(p: &str, q: &str) -> bool {
     let mut p = p.split('.');
     let mut q = q.split('.');
     loop {
@@ -70,10 +31,35 @@ pub(crate) fn covers(p: &str, q: &str) -> bool {
     }
 }
 
+/// Whether a message on `subject` (a topic name without wildcards) belongs to the topic
+/// `pattern`: `*` matches one token, a last `>` one or more.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    covers(pattern, subject)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{MAX_TOPIC_LEN as MAX_PATTERN_LEN, TopicName};
     use proptest::prelude::*;
+
+    fn is_valid(s: &str) -> bool {
+        TopicName::parse(s, true).is_ok()
+    }
+
+    #[test]
+    fn pattern_matching() {
+        assert!(matches("a.b", "a.b"));
+        assert!(!matches("a.b", "a.c"));
+        assert!(matches("a.*", "a.b"));
+        assert!(!matches("a.*", "a.b.c"));
+        assert!(!matches("a.*", "a"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(matches(">", "x"));
+        assert!(matches("*.b.>", "a.b.c.d"));
+        assert!(!matches("a.b", "a.b.c"));
+    }
 
     #[test]
     fn valid_and_invalid_patterns() {
