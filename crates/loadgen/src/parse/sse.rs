@@ -149,14 +149,18 @@ impl SseScanner {
         }
     }
 
+    /// A blank line: like a browser, dispatch only a block that had a data line.
     #[inline]
     fn dispatch(&mut self, sink: &mut impl EventSink) {
         let flags = std::mem::take(&mut self.flags);
+        if flags & HAS_DATA == 0 {
+            return;
+        }
         if flags & RESET != 0 {
             sink.reset();
         } else if flags & PARSED != 0 {
             sink.event(self.seq, self.sent_ns);
-        } else if flags & HAS_DATA != 0 {
+        } else {
             sink.other();
         }
     }
