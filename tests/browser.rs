@@ -15,7 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use fantoccini::{Client, ClientBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -224,29 +223,16 @@ async fn wait_page(
     .unwrap()
 }
 
-/// Publishes `i` through JetStream and waits for the stream's ack; retried with the same
-/// `Nats-Msg-Id` (stored once) until acknowledged.
-async fn publish_stored(js: &jetstream::Context, i: u32) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("browser-{i}").as_str());
-        let stored = match js
-            .publish_with_headers(SUBJECT, headers, i.to_string().into())
-            .await
-        {
-            Ok(ack) => matches!(
-                tokio::time::timeout(Duration::from_secs(2), ack).await,
-                Ok(Ok(_))
-            ),
-            Err(_) => false,
-        };
-        if stored {
-            return;
-        }
-        assert!(Instant::now() < deadline, "message {i} never stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Publishes `i` through JetStream, stored once (see `support::publish_stored`).
+async fn publish_i(js: &jetstream::Context, i: u32) {
+    publish_stored(
+        js,
+        SUBJECT,
+        &format!("browser-{i}"),
+        &i.to_string(),
+        DEADLINE,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,18 +252,18 @@ async fn browser_reconnects_after_gateway_restart_and_misses_nothing() {
     wait_page(&browser, &gw, "the page's stream to open", |p| p.opens >= 1).await;
 
     for i in 1..=10 {
-        publish_stored(&js, i).await;
+        publish_i(&js, i).await;
     }
     wait_page(&browser, &gw, "events 1..=10", |p| p.received.len() >= 10).await;
 
     // Down: the browser's reconnects are refused while 11..=15 are stored in the stream.
     gw.kill();
     for i in 11..=15 {
-        publish_stored(&js, i).await;
+        publish_i(&js, i).await;
     }
     gw.restart().await.unwrap();
     for i in 16..=20 {
-        publish_stored(&js, i).await;
+        publish_i(&js, i).await;
     }
     let page = wait_page(&browser, &gw, "events 1..=20", |p| p.received.len() >= 20).await;
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use sse_testkit::NatsCluster;
 use tokio::task::JoinHandle;
@@ -41,30 +40,9 @@ fn publisher(urls: String, subject: &'static str, progress: Arc<AtomicUsize>) ->
             .await
             .unwrap();
         let js = jetstream::new(client);
-        let deadline = tokio::time::Instant::now() + DEADLINE;
         for i in 1..=M {
-            loop {
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", i.to_string().as_str());
-                let sent = match js
-                    .publish_with_headers(subject, headers, i.to_string().into())
-                    .await
-                {
-                    Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack).await,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if matches!(sent, Ok(Ok(_))) {
-                    break;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "message {i} never stored"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let value = i.to_string();
+            publish_stored(&js, subject, &value, &value, DEADLINE).await;
             progress.store(i as usize, Ordering::Release);
             tokio::time::sleep(EVERY).await;
         }

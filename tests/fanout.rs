@@ -1,7 +1,5 @@
 //! The hub: many clients, one upstream subscription per topic, linger.
 
-use std::time::Duration;
-
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,15 +70,41 @@ async fn one_upstream_subscription_for_fifty_clients_and_none_after_linger() {
     wait_metric(&gw, "sse_topics_active", &[], 0.0).await;
 }
 
+/// The server's ids of the subscriptions on `subject`.
+async fn subscription_ids(nats: &NatsServer, subject: &str) -> Vec<String> {
+    let connz = nats.monitor("/connz?subs=detail").await.unwrap();
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["subscriptions_list_detail"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter(|s| s["subject"] == subject)
+        .map(|s| format!("{}/{}", s["cid"], s["sid"]))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_is_kept_while_a_client_returns_within_linger() {
     let nats = NatsServer::start().unwrap();
     let gw = ready(&nats, |b| b.set("sse", "topic_linger", "\"30s\"")).await;
     let s = open(&gw, "/events/sticky").await;
+    let first = subscription_ids(&nats, "sse.sticky").await;
+    assert_eq!(first.len(), 1, "{first:?}");
     drop(s);
     wait_metric(&gw, "sse_connections_active", &[], 0.0).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(gateway_subjects(&nats).await, ["sse.sticky"]);
+    // The client comes back: the same upstream subscription serves it (not a new one),
+    // and an event published now reaches it.
+    let mut s = open(&gw, "/events/sticky").await;
+    assert_eq!(subscription_ids(&nats, "sse.sticky").await, first);
+    let client = nats.client().await.unwrap();
+    publish(&client, "sse.sticky", "back", None).await.unwrap();
+    assert_eq!(s.next_event(WAIT).await.unwrap().data, "back");
+    assert_eq!(subscription_ids(&nats, "sse.sticky").await, first);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,3 +74,25 @@ pub fn reset_reason(e: &Event) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(&e.data).ok()?;
     v["reason"].as_str().map(str::to_owned)
 }
+
+/// Publishes `payload` to `subject` through JetStream with `Nats-Msg-Id: msg_id`, retried
+/// until the stream acknowledges it: stored exactly once, whatever fails meanwhile.
+pub async fn publish_stored(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    msg_id: &str,
+    payload: &str,
+    within: Duration,
+) {
+    eventually(within, &format!("message {msg_id} stored"), || async {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = js
+            .publish_with_headers(subject.to_owned(), headers, payload.to_owned().into())
+            .await?;
+        tokio::time::timeout(Duration::from_secs(2), ack).await??;
+        Ok(())
+    })
+    .await
+    .unwrap();
+}
