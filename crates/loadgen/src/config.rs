@@ -48,6 +48,8 @@ pub enum Publisher {
         path: String,
         /// Connections (each topic always goes through the same one: order is kept).
         conns: usize,
+        /// Requests in flight per connection (0: a tick's requests pipelined at once).
+        inflight: usize,
     },
 }
 

@@ -103,6 +103,10 @@ struct RunArgs {
     /// Keep-alive connections of the HTTP publisher.
     #[arg(long, value_name = "N", default_value_t = 4)]
     publish_conns: usize,
+    /// Requests in flight per HTTP publisher connection: 1 waits for each response before
+    /// the next request; 0 pipelines all the requests a tick has for the connection.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    publish_inflight: usize,
     /// Pad payloads with 'x' to this many bytes (0: just "<seq>,<send-time-ns>").
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     payload_bytes: usize,
@@ -155,6 +159,7 @@ impl RunArgs {
                     host: u.host,
                     path: u.path,
                     conns: self.publish_conns,
+                    inflight: self.publish_inflight,
                 })
             }
             (ModeArg::Stream, None) => {

@@ -202,12 +202,16 @@ impl Sink {
                 host,
                 path,
                 conns,
+                inflight,
             } => {
                 let paths = names
                     .iter()
                     .map(|n| path.replace("{topic}", n))
                     .collect::<Vec<_>>();
-                Self::Http(HttpSink::connect(*addr, host, paths, *conns, plan, published).await?)
+                Self::Http(
+                    HttpSink::connect(*addr, host, paths, (*conns, *inflight), plan, published)
+                        .await?,
+                )
             }
         })
     }
@@ -325,7 +329,7 @@ impl HttpSink {
         addr: SocketAddrV4,
         host: &str,
         paths: Vec<String>,
-        n: usize,
+        (n, inflight): (usize, usize),
         plan: &Plan,
         published: &Counters,
     ) -> anyhow::Result<Self> {
@@ -350,6 +354,7 @@ impl HttpSink {
                 addr,
                 stream: Some(stream),
                 heads: Arc::clone(&heads),
+                inflight,
                 pad_to: plan.payload_bytes,
                 out: Vec::with_capacity(64 * 1024),
                 inbuf: Vec::with_capacity(64 * 1024),
@@ -395,12 +400,13 @@ impl HttpSink {
     }
 }
 
-/// One keep-alive publishing connection: writes each batch as pipelined requests, then
-/// reads their responses.
+/// One keep-alive publishing connection: writes each batch as pipelined requests (at
+/// most `inflight` at a time, 0: all), then reads their responses.
 struct HttpConn {
     addr: SocketAddrV4,
     stream: Option<TcpStream>,
     heads: Arc<[Box<[u8]>]>,
+    inflight: usize,
     pad_to: usize,
     out: Vec<u8>,
     inbuf: Vec<u8>,
@@ -455,11 +461,16 @@ impl HttpConn {
             let Some(stream) = self.stream.as_mut() else {
                 return;
             };
-            if let Err(e) = stream.write_all(&self.out[starts[next]..]).await {
+            let window = match self.inflight {
+                0 => batch.len(),
+                n => (next + n).min(batch.len()),
+            };
+            let end = starts.get(window).copied().unwrap_or(self.out.len());
+            if let Err(e) = stream.write_all(&self.out[starts[next]..end]).await {
                 self.stream = None;
                 return self.failed(format!("write_{:?}", e.kind()), &batch[next..]);
             }
-            while next < batch.len() {
+            while next < window {
                 let topic = batch[next].0 as usize;
                 match read_response(stream, &mut self.inbuf).await {
                     Ok((status, close)) => {
@@ -480,6 +491,10 @@ impl HttpConn {
                         return self.failed(kind, &batch[next..]);
                     }
                 }
+            }
+            if self.stream.is_some() {
+                // The window was answered; the next one goes on this connection.
+                continue;
             }
             reconnects += 1;
             if reconnects > 1000 {
