@@ -8,16 +8,7 @@ use sse_testkit::http;
 
 use crate::support::*;
 
-const SECRET: &str = "an-hs256-secret-for-the-black-box-tests";
-
-fn hs256(claims: serde_json::Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
+const SECRET: &str = AUTH_SECRET;
 
 fn now() -> u64 {
     SystemTime::now()

@@ -122,10 +122,7 @@ async fn event_streams_over_h2c_and_tls_h2() {
         .await
         .unwrap();
 
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = h2c_client();
     let tls = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .build()

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -320,10 +319,7 @@ async fn a_second_request_with_a_600kb_head_gets_431() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_600kb_head_over_h2_gets_431_with_the_json_body() {
     let gw = memory_gateway(|b| b).await;
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = h2c_client();
     let url = format!("http://{}/nope", gw.addr());
     // A first request on the connection, then the huge one on the same connection.
     let first = h2c.get(&url).send().await.unwrap();
@@ -714,20 +710,13 @@ async fn cors_any_origin_with_credentials_is_a_configuration_error() {
     assert!(stderr.contains("cors.allow_credentials"), "{stderr}");
 }
 
-const SECRET: &str = "an-hs256-secret-for-the-black-box-tests";
-
 fn token(claims: serde_json::Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    hs256(claims)
 }
 
 fn with_auth(b: GatewayBuilder) -> GatewayBuilder {
     b.set("auth", "enabled", "true")
-        .set("auth", "hs256_secret", &format!("\"{SECRET}\""))
+        .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
         .set("auth", "public_topics", "[\"still.>\"]")
 }
 
@@ -751,45 +740,43 @@ async fn a_cookie_only_cross_site_publish_is_refused() {
         }
     };
     let own = format!("http://{}", gw.addr());
-    assert_eq!(
-        post(vec![
-            ("Cookie", cookie.clone()),
-            ("Origin", "https://evil.example".into())
-        ])
-        .await,
-        403
-    );
-    // Listed for CORS but not for credentials: still refused.
-    assert_eq!(
-        post(vec![
-            ("Cookie", cookie.clone()),
-            ("Origin", "https://app.example".into())
-        ])
-        .await,
-        403
-    );
-    assert_eq!(
-        post(vec![
-            ("Cookie", cookie.clone()),
-            ("Sec-Fetch-Site", "cross-site".into())
-        ])
-        .await,
-        403
-    );
-    // Same origin, no browser at all, or a token in the header: fine.
-    assert_eq!(
-        post(vec![("Cookie", cookie.clone()), ("Origin", own)]).await,
-        202
-    );
-    assert_eq!(post(vec![("Cookie", cookie.clone())]).await, 202);
-    assert_eq!(
-        post(vec![
-            ("Authorization", bearer.clone()),
-            ("Origin", "https://evil.example".into())
-        ])
-        .await,
-        202
-    );
+    for (headers, want) in [
+        (
+            vec![
+                ("Cookie", cookie.clone()),
+                ("Origin", "https://evil.example".to_owned()),
+            ],
+            403,
+        ),
+        // Listed for CORS but not for credentials: still refused.
+        (
+            vec![
+                ("Cookie", cookie.clone()),
+                ("Origin", "https://app.example".to_owned()),
+            ],
+            403,
+        ),
+        (
+            vec![
+                ("Cookie", cookie.clone()),
+                ("Sec-Fetch-Site", "cross-site".to_owned()),
+            ],
+            403,
+        ),
+        // Same origin, no browser at all, or a token in the header: fine.
+        (vec![("Cookie", cookie.clone()), ("Origin", own)], 202),
+        (vec![("Cookie", cookie.clone())], 202),
+        (
+            vec![
+                ("Authorization", bearer.clone()),
+                ("Origin", "https://evil.example".to_owned()),
+            ],
+            202,
+        ),
+    ] {
+        let what = format!("{headers:?}");
+        assert_eq!(post(headers).await, want, "{what}");
+    }
     still_streams_as(&gw, &[("Authorization", &bearer)]).await;
 }
 
@@ -818,10 +805,7 @@ async fn the_proxy_librarys_own_errors_carry_the_json_body() {
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"], "bad_gateway");
     // Every status an HTTP/2 client gets from the gateway is JSON too.
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = h2c_client();
     for (method, path, status) in [("GET", "/nope", 404), ("GET", "/api/a%2Fb", 400)] {
         let r = h2c
             .request(
@@ -905,10 +889,7 @@ async fn tokens_never_appear_in_any_log_line() {
     .unwrap();
     assert_eq!(r.status, 401);
     // HTTP/2, with the token in the header and in the query.
-    let h2c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2c = h2c_client();
     let r = h2c
         .get(format!("http://{addr}/api/y?access_token={}", tokens[7]))
         .header("Authorization", format!("Bearer {}", tokens[8]))

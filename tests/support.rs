@@ -96,3 +96,25 @@ pub async fn publish_stored(
     .await
     .unwrap();
 }
+
+/// The HS256 secret of the black-box tests' `[auth]`.
+pub const AUTH_SECRET: &str = "an-hs256-secret-for-the-black-box-tests";
+
+/// A token signed with [`AUTH_SECRET`].
+pub fn hs256(claims: serde_json::Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// An HTTP/2 client speaking cleartext HTTP/2 with prior knowledge (h2c).
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}

@@ -19,6 +19,7 @@
 pub mod handoff;
 pub mod head;
 pub mod rewound;
+mod wrapped;
 
 use std::net::IpAddr;
 use std::sync::Arc;
