@@ -69,6 +69,7 @@
 //! ## Closing
 //! [`Hub::close`] asks every writer to send a final `retry:` and end its stream.
 
+mod histogram;
 mod hub;
 mod id;
 mod ingest;
@@ -82,6 +83,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use histogram::{HistogramError, Local, MAX_BUCKETS, ShardedHistogram};
 pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError};
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
 pub use ingest::PublishWaiter;
