@@ -22,8 +22,7 @@ fn hub(replay_window: usize, client_buffer: usize) -> Hub {
             replay_window,
             client_buffer,
             topic_linger: Duration::from_secs(30),
-            max_subscribers_per_topic: 100_000,
-            durable: false,
+            ..HubConfig::default()
         },
         Epoch::new("bench").unwrap_or_else(|e| panic!("{e}")),
         HubMetrics::unregistered(),
@@ -145,6 +144,7 @@ fn coalescing(c: &mut Criterion) {
                             retry: Duration::from_secs(3),
                             write_timeout: Duration::from_secs(10),
                             client_buffer: EVENTS,
+                            client_buffer_bytes: usize::MAX,
                             max_write_frames: batch,
                             max_write_bytes: 256 * 1024,
                             drain_spread: Duration::ZERO,

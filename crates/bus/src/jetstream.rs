@@ -236,7 +236,8 @@ pub(crate) async fn run_live(
     }
 }
 
-/// Hands one message of the stream to the hub.
+/// Hands one message of the stream to the hub. Its delivery latency is measured from
+/// the stream's timestamp of it.
 fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
     let Ok(info) = message.info() else {
         return;
@@ -245,18 +246,34 @@ fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
     let Some(subject) = message.subject.get(topic_start..) else {
         return;
     };
-    hub.ingest_logged(subject, seq, incoming(message));
+    let published = published_instant(info.published.unix_timestamp_nanos(), now_unix_nanos());
+    hub.ingest_logged(subject, seq, incoming(message, published));
 }
 
 /// What the hub takes of a message of the stream (a logged message needs no publish
 /// marker: its id is its stream sequence, known to the publisher).
-fn incoming(message: &jetstream::Message) -> Incoming {
+fn incoming(message: &jetstream::Message, received: Instant) -> Incoming {
     Incoming {
         payload: message.payload.clone(),
         event_type: event_type(message.headers.as_ref()),
-        received: Instant::now(),
+        received,
         publish_marker: None,
     }
+}
+
+/// The moment a message stored at wall-clock `published_nanos` (the stream's
+/// timestamp) was published, on this process's monotonic clock: now less its age, an
+/// age below zero (the server's clock ahead of ours) counting as zero.
+fn published_instant(published_nanos: i128, now_nanos: i128) -> Instant {
+    let now = Instant::now();
+    let age = u64::try_from(now_nanos.saturating_sub(published_nanos)).unwrap_or(0);
+    now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+}
+
+fn now_unix_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
 impl History {
@@ -407,7 +424,10 @@ impl Source {
                 self.done = true;
                 break;
             }
-            self.buffered.push_back((seq, incoming(&message)));
+            // A replayed message is timed from when it was read back: its latency is the
+            // replay's, not the age of the history it comes from.
+            self.buffered
+                .push_back((seq, incoming(&message, Instant::now())));
         }
         if got == 0 {
             self.done = true;

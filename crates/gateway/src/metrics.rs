@@ -5,10 +5,9 @@
 //! series.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use sse_hub::HubMetrics;
+use sse_hub::{HubMetrics, ShardedHistogram};
 
 /// `sse_connections_total{outcome}` values.
 pub const OUTCOMES: [&str; 5] = [
@@ -20,7 +19,12 @@ pub const OUTCOMES: [&str; 5] = [
 ];
 
 /// `sse_events_dropped_total{reason}` values.
-pub const DROP_REASONS: [&str; 3] = ["slow_consumer", "invalid_utf8", "invalid_event_type"];
+pub const DROP_REASONS: [&str; 4] = [
+    "slow_consumer",
+    "invalid_utf8",
+    "invalid_event_type",
+    "too_large",
+];
 
 /// `sse_admission_rejections_total{reason}` values: why admission refused a request.
 pub const REJECTIONS: [&str; 9] = [
@@ -158,13 +162,18 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(dropped.clone()))?;
-        let latency = Histogram::with_opts(
+        for reason in DROP_REASONS {
+            dropped.with_label_values(&[reason]);
+        }
+        let latency = ShardedHistogram::new(
             HistogramOpts::new(
                 "sse_delivery_latency_seconds",
-                "NATS receipt to client socket write (one sample per socket write, its oldest frame).",
+                "Receipt (NATS, or the publisher's time when known) to the event's last byte \
+                 taken by the client socket; one sample per delivered event.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
+        )
+        .map_err(|e| prometheus::Error::Msg(e.to_string()))?;
         registry.register(Box::new(latency.clone()))?;
 
         let hub = HubMetrics {
@@ -172,9 +181,10 @@ impl Metrics {
             dropped_slow_consumer: dropped.with_label_values(&[DROP_REASONS[0]]),
             dropped_invalid_utf8: dropped.with_label_values(&[DROP_REASONS[1]]),
             dropped_invalid_event_type: dropped.with_label_values(&[DROP_REASONS[2]]),
+            dropped_too_large: dropped.with_label_values(&[DROP_REASONS[3]]),
             slow_consumer_disconnects: counter(
                 "sse_slow_consumer_disconnects_total",
-                "Clients cut for falling more than client_buffer frames behind.",
+                "Clients cut for falling more than client_buffer frames or client_buffer_bytes bytes behind.",
             )?,
             write_timeouts: counter(
                 "sse_write_timeout_disconnects_total",
@@ -188,6 +198,11 @@ impl Metrics {
             replayed_events: counter(
                 "sse_replayed_events_total",
                 "Events replayed to resuming clients.",
+            )?,
+            ring_bytes: gauge("sse_ring_bytes", "Encoded bytes held in all topic rings.")?,
+            pending_bytes: gauge(
+                "sse_pending_bytes",
+                "Bytes owed to streams and not yet taken by their sockets (a frame owed to several streams counts once per stream; it is held once).",
             )?,
             delivery_latency: latency,
         };
@@ -267,6 +282,8 @@ mod tests {
             "sse_replayed_events_total",
             "sse_nats_connected",
             "sse_delivery_latency_seconds",
+            "sse_ring_bytes",
+            "sse_pending_bytes",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }

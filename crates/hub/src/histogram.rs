@@ -3,16 +3,18 @@
 //! At 20 M deliveries a second, one shared atomic per observation (what
 //! [`prometheus::Histogram`] does: several per observation) would bounce cache lines
 //! between the writer threads. A [`ShardedHistogram`] gives every thread that observes
-//! its own shard: bucket counts, a count and a sum in nanoseconds, each updated by that
-//! thread alone with a relaxed load and store (no read-modify-write). A scrape sums the
-//! shards into one ordinary Prometheus histogram with the configured buckets.
+//! its own shard: bucket counts and a sum in nanoseconds, each updated by that thread
+//! alone with a relaxed load and store (no read-modify-write); the count is the sum of
+//! the buckets. A scrape sums the shards into one ordinary Prometheus histogram with the
+//! configured buckets.
 //!
 //! ## Guarantees
 //! - Every observation is counted once, in the first bucket whose upper bound it does
 //!   not exceed (the `le` rule), as a [`prometheus::Histogram`] would.
 //! - Counts only grow: a thread's shard outlives the thread.
-//! - A scrape is not atomic across shards or fields: it may see an observation in
-//!   `_count` but not yet in `_sum` or its bucket (the next scrape does).
+//! - `_count` is always the sum of the buckets; a scrape is not atomic across shards or
+//!   fields otherwise: it may see an observation in its bucket but not yet in `_sum`
+//!   (the next scrape does).
 //!
 //! A thread finds its shard through a thread-local list keyed by the histogram's id
 //! (tests create many hubs, each with its own histogram); entries of dropped
@@ -58,7 +60,6 @@ struct Inner {
 struct Shard {
     /// Non-cumulative counts; the last one is `+Inf`.
     buckets: [AtomicU64; MAX_BUCKETS + 1],
-    count: AtomicU64,
     sum_nanos: AtomicU64,
 }
 
@@ -66,7 +67,6 @@ impl Shard {
     fn new() -> Self {
         Self {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
             sum_nanos: AtomicU64::new(0),
         }
     }
@@ -196,9 +196,10 @@ impl ShardedHistogram {
         };
         let mut add = |shard: &Shard| {
             for (total, bucket) in totals.buckets.iter_mut().zip(&shard.buckets) {
-                *total += bucket.load(Ordering::Relaxed);
+                let n = bucket.load(Ordering::Relaxed);
+                *total += n;
+                totals.count += n;
             }
-            totals.count += shard.count.load(Ordering::Relaxed);
             totals.sum_nanos = totals
                 .sum_nanos
                 .wrapping_add(shard.sum_nanos.load(Ordering::Relaxed));
@@ -229,7 +230,12 @@ impl Local<'_> {
     /// Observes one duration.
     #[inline]
     pub fn observe(&self, d: Duration) {
-        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.observe_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Observes one duration given in nanoseconds.
+    #[inline]
+    pub fn observe_nanos(&self, nanos: u64) {
         let index = self
             .bounds
             .iter()
@@ -237,7 +243,6 @@ impl Local<'_> {
             .unwrap_or(self.bounds.len());
         self.add(&self.shard.buckets[index], 1);
         self.add(&self.shard.sum_nanos, nanos);
-        self.add(&self.shard.count, 1);
     }
 
     #[inline]

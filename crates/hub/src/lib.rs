@@ -18,8 +18,7 @@
 //!         replay_window: 16,
 //!         client_buffer: 8,
 //!         topic_linger: Duration::from_secs(30),
-//!         max_subscribers_per_topic: 1000,
-//!         durable: false,
+//!         ..HubConfig::default()
 //!     },
 //!     Epoch::new("doc").unwrap(),
 //!     HubMetrics::unregistered(),
@@ -69,11 +68,14 @@
 //! ## Closing
 //! [`Hub::close`] asks every writer to send a final `retry:` and end its stream.
 
+mod budget;
+mod clock;
 mod histogram;
 mod hub;
 mod id;
 mod ingest;
 mod metrics;
+mod owed;
 mod replay;
 mod ring;
 mod subscription;
@@ -84,7 +86,9 @@ mod writer;
 mod tests;
 
 pub use histogram::{HistogramError, Local, MAX_BUCKETS, ShardedHistogram};
-pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError};
+pub use hub::{
+    FrameTooLarge, Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError,
+};
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
 pub use ingest::PublishWaiter;
 pub use metrics::HubMetrics;
