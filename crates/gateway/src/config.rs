@@ -326,6 +326,8 @@ pub struct RawLimits {
     pub max_subscribers_per_topic: u64,
     /// Encoded bytes all topic rings together may hold.
     pub max_ring_bytes: u64,
+    /// Active topics (with streams or lingering) at once.
+    pub max_topics: u64,
     /// Token bucket refill, tokens per second per client address.
     pub connect_rate_per_ip: u32,
     /// Token bucket size.
@@ -341,6 +343,7 @@ impl Default for RawLimits {
             max_connections_per_ip: 256,
             max_subscribers_per_topic: 100_000,
             max_ring_bytes: 1024 * 1024 * 1024,
+            max_topics: 100_000,
             connect_rate_per_ip: 50,
             connect_burst_per_ip: 100,
             trusted_proxies: Vec::new(),
@@ -504,6 +507,8 @@ pub struct LimitSettings {
     pub max_subscribers_per_topic: u64,
     /// Byte budget of all rings.
     pub max_ring_bytes: u64,
+    /// Active topics cap.
+    pub max_topics: usize,
     /// Token refill per second.
     pub connect_rate_per_ip: u32,
     /// Bucket size.
@@ -514,6 +519,8 @@ pub struct LimitSettings {
 
 /// Largest `replay_window` / `client_buffer` accepted (frames per topic / per client).
 const MAX_FRAMES: usize = 1_000_000;
+/// Largest `limits.max_topics` accepted.
+const MAX_TOPICS: u64 = 10_000_000;
 /// Smallest byte budget accepted (per ring, per client).
 const MIN_BUDGET_BYTES: usize = 1024;
 /// Largest byte budget accepted (1 TiB).
@@ -677,6 +684,8 @@ impl Config {
                     ),
                 )
             })?,
+            max_topics: in_range("limits.max_topics", limits.max_topics, 1, MAX_TOPICS)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))?,
             connect_rate_per_ip: in_range(
                 "limits.connect_rate_per_ip",
                 limits.connect_rate_per_ip,
@@ -915,6 +924,7 @@ mod tests {
         assert_eq!(c.sse.replay_bytes, 8_388_608);
         assert_eq!(c.sse.client_buffer_bytes, 4_194_304);
         assert_eq!(c.limits.max_ring_bytes, 1_073_741_824);
+        assert_eq!(c.limits.max_topics, 100_000);
     }
 
     #[test]
@@ -995,6 +1005,7 @@ mod tests {
                 "limits.trusted_proxies",
             ),
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[limits]\nmax_topics = 0\n", "limits.max_topics"),
             ("[jetstream]\nstream = \"a.b\"\n", "jetstream.stream"),
             ("[jetstream]\nreplicas = 0\n", "jetstream.replicas"),
         ] {

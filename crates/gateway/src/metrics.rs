@@ -7,7 +7,7 @@
 use prometheus::{
     Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use sse_hub::{HubMetrics, ShardedHistogram};
+use sse_hub::{HubMetrics, ShardedHistogram, SubscribeError};
 
 /// `sse_connections_total{outcome}` values.
 pub const OUTCOMES: [&str; 5] = [
@@ -27,11 +27,12 @@ pub const DROP_REASONS: [&str; 4] = [
 ];
 
 /// `sse_admission_rejections_total{reason}` values: why admission refused a request.
-pub const REJECTIONS: [&str; 9] = [
+pub const REJECTIONS: [&str; 10] = [
     "rate_limited",
     "max_connections",
     "max_connections_per_ip",
     "max_subscribers_per_topic",
+    "max_topics",
     "draining",
     "header_timeout",
     "header_too_large",
@@ -50,6 +51,8 @@ pub enum Rejection {
     MaxConnectionsPerIp,
     /// `limits.max_subscribers_per_topic`.
     MaxSubscribersPerTopic,
+    /// `limits.max_topics`.
+    MaxTopics,
     /// Shutting down.
     Draining,
     /// The head did not arrive within `server.header_timeout`.
@@ -63,12 +66,21 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// Which cap a refused subscription hit.
+    pub fn of(e: &SubscribeError) -> Self {
+        match e {
+            SubscribeError::TooManyTopics { .. } => Self::MaxTopics,
+            _ => Self::MaxSubscribersPerTopic,
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Self::RateLimited => "rate_limited",
             Self::MaxConnections => "max_connections",
             Self::MaxConnectionsPerIp => "max_connections_per_ip",
             Self::MaxSubscribersPerTopic => "max_subscribers_per_topic",
+            Self::MaxTopics => "max_topics",
             Self::Draining => "draining",
             Self::HeaderTimeout => "header_timeout",
             Self::HeaderTooLarge => "header_too_large",
@@ -295,5 +307,21 @@ mod tests {
                 "sse_events_dropped_total{{reason=\"{reason}\"}} 0"
             )));
         }
+        for reason in REJECTIONS {
+            assert!(text.contains(&format!(
+                "sse_admission_rejections_total{{reason=\"{reason}\"}} 0"
+            )));
+        }
+    }
+
+    #[test]
+    fn a_full_topic_table_is_its_own_rejection() {
+        let too_many = SubscribeError::TooManyTopics { max: 3 };
+        assert_eq!(Rejection::of(&too_many).label(), "max_topics");
+        let full = SubscribeError::TopicFull {
+            topic: sse_hub::TopicName::parse("a", false).unwrap(),
+            max: 3,
+        };
+        assert_eq!(Rejection::of(&full).label(), "max_subscribers_per_topic");
     }
 }
