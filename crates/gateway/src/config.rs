@@ -366,6 +366,8 @@ pub struct RawJetStream {
     pub max_age: Duration,
     /// When the gateway creates the stream: its replicas.
     pub replicas: usize,
+    /// Replays from the stream in flight at once.
+    pub max_concurrent_replays: usize,
 }
 
 impl Default for RawJetStream {
@@ -376,6 +378,7 @@ impl Default for RawJetStream {
             create: true,
             max_age: Duration::from_secs(24 * 3600),
             replicas: 1,
+            max_concurrent_replays: 64,
         }
     }
 }
@@ -568,6 +571,12 @@ impl Config {
             ));
         }
         let replicas = in_range("jetstream.replicas", jetstream.replicas, 1, 5)?;
+        let max_concurrent_replays = in_range(
+            "jetstream.max_concurrent_replays",
+            jetstream.max_concurrent_replays,
+            1,
+            10_000,
+        )?;
         if jetstream.enabled && bus.kind == BusKind::Memory {
             return Err(invalid(
                 "jetstream.enabled",
@@ -580,6 +589,7 @@ impl Config {
                 create: jetstream.create,
                 max_age: jetstream.max_age,
                 replicas,
+                max_concurrent_replays,
             })
         } else {
             None
@@ -1008,6 +1018,10 @@ mod tests {
             ("[limits]\nmax_topics = 0\n", "limits.max_topics"),
             ("[jetstream]\nstream = \"a.b\"\n", "jetstream.stream"),
             ("[jetstream]\nreplicas = 0\n", "jetstream.replicas"),
+            (
+                "[jetstream]\nmax_concurrent_replays = 0\n",
+                "jetstream.max_concurrent_replays",
+            ),
         ] {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(key), "{text:?} gave {e:?}");

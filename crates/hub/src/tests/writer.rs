@@ -581,3 +581,31 @@ async fn owed_bytes_go_out_in_order_through_vectored_writes() {
     assert_eq!(hub.metrics().pending_bytes.get(), 0);
     task.abort();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_waiting_for_its_turn_does_not_stop_heartbeats() {
+    let hub = crate::Hub::new(
+        crate::HubConfig {
+            durable: true,
+            ..hub_with(4, 4).config().clone()
+        },
+        crate::Epoch::new("pending").unwrap(),
+        crate::HubMetrics::unregistered(),
+    );
+    hub.set_connected(true);
+    hub.start_log(crate::Epoch::new("js1").unwrap(), 100);
+    let (server, mut client) = tokio::io::duplex(4096);
+    let mut sub = hub.subscribe(&[topic("a")], Some("js1-3")).unwrap();
+    // The replay is taken but never served (it waits for a turn): the stream is open.
+    let (_request, _sink) = sub.take_replay().unwrap();
+    let cfg = config();
+    tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
+    assert_eq!(
+        read_some(&mut client).await,
+        b"retry: 3000\n: connected\n\n".to_vec()
+    );
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(read_some(&mut client).await, b": heartbeat\n\n".to_vec());
+    }
+}
