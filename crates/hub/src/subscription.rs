@@ -524,7 +524,9 @@ fn drain_one(c: &mut Cursor, skip: u64, batch: &mut Batch<'_>) -> u64 {
             let ring = c.topic.ring.read();
             let lost = ring.start_pos().saturating_sub(c.pos);
             if lost > 0 {
-                return lost;
+                // Evicted while an earlier hold of this drain copied: hand out what was
+                // taken; the next drain reports the loss.
+                return if batch.frames > 0 { 0 } else { lost };
             }
             for entry in ring.iter_from(c.pos) {
                 let len = entry.frame.len();
@@ -594,8 +596,11 @@ fn merge(
 ) -> u64 {
     // Gather each topic's next frames, only up to the watermark: every frame at or below
     // it is already in its ring, so the merge cannot be overtaken. A topic cannot
-    // contribute more than `max_frames` frames or (past its first) `max_bytes` bytes.
+    // contribute more than `max_frames` frames or (past its first) `max_bytes` bytes;
+    // where a topic's gathering stopped short, no later sequence of another topic may
+    // be emitted (the horizon), or the stopped topic's next frame would be skipped.
     let mut lost = 0;
+    let mut horizon = u64::MAX;
     for (index, c) in (0u32..).zip(cursors.iter()) {
         let ring = c.topic.ring.read();
         let behind = ring.start_pos().saturating_sub(c.pos);
@@ -606,9 +611,11 @@ fn merge(
         let (mut frames, mut bytes) = (0, 0);
         for entry in ring.iter_from(c.pos) {
             let len = entry.frame.len();
-            if entry.seq > watermark
-                || !room_for(frames, bytes, len, batch.max_frames, batch.max_bytes)
-            {
+            if entry.seq > watermark {
+                break;
+            }
+            if !room_for(frames, bytes, len, batch.max_frames, batch.max_bytes) {
+                horizon = horizon.min(entry.seq);
                 break;
             }
             frames += 1;
@@ -627,6 +634,9 @@ fn merge(
     candidates.sort_unstable_by_key(|c| (c.seq, c.cursor));
     let mut last_seq = None;
     for candidate in candidates.drain(..) {
+        if candidate.seq >= horizon {
+            break;
+        }
         let len = candidate.frame.len();
         let cursor = &mut cursors[candidate.cursor as usize];
         if candidate.seq <= skip {

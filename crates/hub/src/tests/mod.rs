@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accounting;
+mod budgets;
 mod durable;
 mod hub;
 mod writer;
