@@ -5,11 +5,20 @@
 //! most `max_ring_bytes`. Over the global budget the oldest frames across ALL topics go
 //! first. Sequences increase along every ring and across the hub (the hub sequence, or a
 //! durable log's position), so the oldest frame held anywhere is the smallest sequence
-//! at the front of some ring. The budget keeps the front of every non-empty ring in an
-//! ordered map keyed by `(sequence, topic id)` — the topic id because one `upstream_gap`
-//! reset enters many rings under one sequence — so the next victim is its first key.
-//! The map has one entry per non-empty ring: its size is bounded by the number of
-//! topics, whatever the traffic.
+//! at the front of some ring.
+//!
+//! ## The front index
+//! The budget lists every non-empty ring in an ordered map keyed by `(sequence, topic
+//! id)` — the topic id because one `upstream_gap` reset enters many rings under one
+//! sequence. A ring is listed when a push makes it non-empty, under its oldest frame's
+//! sequence, and unlisted when it is cleared; its own evictions (a busy topic at its
+//! frame or byte budget: every push, in steady state) leave its key behind, so the
+//! common push touches no map. A key is therefore at most its ring's oldest sequence.
+//! Global eviction takes the first key: when it is its ring's oldest sequence, that
+//! frame is the oldest anywhere (every other ring's oldest is at least its key, which is
+//! at least this one) and goes; when it is stale, the ring is listed again under its
+//! true oldest and the next key is taken. The map has one entry per non-empty ring, so
+//! its size is bounded by the number of topics, whatever the traffic.
 //!
 //! A frame held by several rings (a wildcard topic's copy, a shared reset) counts once
 //! per ring: the budget over-counts shared memory, never under-counts it.
@@ -62,7 +71,6 @@ impl Budget {
     /// global budget require, oldest first.
     pub fn push(&mut self, topic: &Arc<Topic>, entry: Entry, graveyard: &mut Vec<Bytes>) {
         let mut ring = topic.ring.write();
-        let before = ring.front_seq();
         self.total += entry.frame.len() as u64;
         ring.push(entry);
         while ring.over_budget() {
@@ -70,9 +78,13 @@ impl Budget {
         }
         topic.head.store(ring.head_pos(), Ordering::Release);
         topic.head_bytes.store(ring.head_bytes(), Ordering::Release);
-        let after = ring.front_seq();
+        if ring.indexed.is_none()
+            && let Some(seq) = ring.front_seq()
+        {
+            ring.indexed = Some(seq);
+            self.fronts.insert((seq, topic.id), topic.clone());
+        }
         drop(ring);
-        self.front_moved(topic, before, after);
         self.enforce_total(graveyard);
     }
 
@@ -80,27 +92,34 @@ impl Budget {
     /// replaced (then its history starts after `complete_after`).
     pub fn clear(&mut self, topic: &Arc<Topic>, complete_after: u64, graveyard: &mut Vec<Bytes>) {
         let mut ring = topic.ring.write();
-        let before = ring.front_seq();
         for entry in ring.clear(complete_after) {
             self.total -= entry.frame.len() as u64;
             graveyard.push(entry.frame);
         }
         topic.head.store(ring.head_pos(), Ordering::Release);
-        drop(ring);
-        self.front_moved(topic, before, None);
+        if let Some(seq) = ring.indexed.take() {
+            self.fronts.remove(&(seq, topic.id));
+        }
     }
 
     /// Over the global budget: evicts the oldest frame across all rings until under it.
     fn enforce_total(&mut self, graveyard: &mut Vec<Bytes>) {
         while self.total > self.max_total {
-            let Some(((_, id), topic)) = self.fronts.pop_first() else {
+            let Some(((key, id), topic)) = self.fronts.pop_first() else {
                 break;
             };
             let mut ring = topic.ring.write();
-            self.evict_front(&mut ring, graveyard);
-            let next = ring.front_seq();
-            drop(ring);
-            if let Some(seq) = next {
+            ring.indexed = None;
+            match ring.front_seq() {
+                // Listed under its oldest frame: the oldest anywhere.
+                Some(seq) if seq == key => self.evict_front(&mut ring, graveyard),
+                // A stale key (the ring evicted on its own since): listed again below.
+                Some(_) => {}
+                None => continue,
+            }
+            if let Some(seq) = ring.front_seq() {
+                ring.indexed = Some(seq);
+                drop(ring);
                 self.fronts.insert((seq, id), topic);
             }
         }
@@ -110,22 +129,6 @@ impl Budget {
         if let Some(old) = ring.pop_front() {
             self.total -= old.frame.len() as u64;
             graveyard.push(old.frame);
-        }
-    }
-
-    /// Keeps the front map in line with a ring whose oldest frame went from `before` to
-    /// `after`.
-    fn front_moved(&mut self, topic: &Arc<Topic>, before: Option<u64>, after: Option<u64>) {
-        if before == after {
-            return;
-        }
-        let handle = match before {
-            Some(seq) => self.fronts.remove(&(seq, topic.id)),
-            None => None,
-        };
-        if let Some(seq) = after {
-            let handle = handle.unwrap_or_else(|| topic.clone());
-            self.fronts.insert((seq, topic.id), handle);
         }
     }
 }
@@ -190,7 +193,7 @@ mod tests {
     fn a_busy_topic_evicting_locally_leaves_one_front_entry_per_ring() {
         // A quiet topic's old frame and a busy topic that evicts within its own ring:
         // the index holds one entry per ring, however many frames went through.
-        let mut budget = Budget::new(u64::MAX);
+        let mut budget = Budget::new(60);
         let mut graveyard = Vec::new();
         let quiet = ring_topic(1, "quiet", 10, 1 << 20);
         let busy = ring_topic(2, "busy", 4, 1 << 20);
@@ -199,12 +202,22 @@ mod tests {
             budget.push(&busy, frame(seq, 10), &mut graveyard);
             graveyard.clear();
         }
+        assert_eq!(budget.fronts().count(), 2, "one entry per non-empty ring");
+        assert_eq!(budget.total(), 50);
+        // Over the global budget: the quiet topic's frame is the oldest anywhere.
+        budget.push(&quiet, frame(10_000, 20), &mut graveyard);
+        assert_eq!(seqs(&quiet), [10_000]);
+        assert_eq!(budget.total(), 60);
+        // Then the busy topic's oldest: its stale key is corrected on the way.
+        budget.push(&quiet, frame(10_001, 10), &mut graveyard);
+        assert_eq!(seqs(&busy), [9_997, 9_998, 9_999]);
+        assert_eq!(seqs(&quiet), [10_000, 10_001]);
+        assert_eq!(budget.total(), 60);
         assert_eq!(
             budget.fronts().collect::<Vec<_>>(),
-            [(1, 1), (9_996, 2)],
-            "one entry per non-empty ring, at its oldest frame"
+            [(9_997, 2), (10_000, 1)],
+            "keys at their rings' oldest frames again"
         );
-        assert_eq!(budget.total(), 50);
     }
 
     #[test]

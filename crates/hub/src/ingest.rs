@@ -36,23 +36,19 @@ impl Hub {
 
     /// Whether an event with this data and type fits the hub's budgets once framed
     /// ([`crate::HubConfig::max_frame_bytes`]); computed without encoding, counting the
-    /// longest id the event could get. The publish API asks before publishing (413).
+    /// longest id any event can get. The publish API asks before publishing (413).
     pub fn check_frame_size(
         &self,
         data: &str,
         event_type: Option<&str>,
     ) -> Result<usize, FrameTooLarge> {
-        let epoch_len = self.inner.epoch.read().as_str().len();
-        self.frame_size(
-            epoch_len,
-            sse_framing::encoded_event_len(None, event_type, data),
-        )
+        self.frame_size(sse_framing::encoded_event_len(None, event_type, data))
     }
 
     /// The largest size a frame of `body` bytes (all but the id line) can have, if the
     /// hub takes it.
-    fn frame_size(&self, epoch_len: usize, body: usize) -> Result<usize, FrameTooLarge> {
-        let len = body + id_line_len(epoch_len, u64::MAX);
+    fn frame_size(&self, body: usize) -> Result<usize, FrameTooLarge> {
+        let len = body + MAX_ID_LINE;
         let max = self.inner.config.max_frame_bytes();
         if len > max {
             Err(FrameTooLarge { len, max })
@@ -61,19 +57,13 @@ impl Hub {
         }
     }
 
-    /// Encodes a validated message's frame, all but its `id:` line, outside the ingest
-    /// lock; `None` (counted and logged) when it is larger than the hub takes.
-    fn encode_unnumbered(
-        &self,
-        topic: &str,
-        msg: &Incoming,
-        data: &str,
-        seq_hint: u64,
-    ) -> Option<Unnumbered> {
+    /// Checks a validated message's frame size and, when it is large, encodes it (all
+    /// but its `id:` line) now, outside the ingest lock; `None` (counted and logged)
+    /// when it is larger than the hub takes.
+    fn prepare(&self, topic: &str, msg: &Incoming, data: &str, seq_hint: u64) -> Option<Prepared> {
         let event = msg.event_type.as_deref();
-        let epoch_len = self.inner.epoch.read().as_str().len();
         let body = sse_framing::encoded_event_len(None, event, data);
-        if let Err(e) = self.frame_size(epoch_len, body) {
+        if let Err(e) = self.frame_size(body) {
             self.inner.metrics.dropped_too_large.inc();
             tracing::debug!(
                 topic,
@@ -83,7 +73,13 @@ impl Hub {
             );
             return None;
         }
-        Some(Unnumbered::encode(epoch_len, seq_hint, body, event, data))
+        if body < ENCODE_BEFORE_LOCK {
+            return Some(Prepared::Small { body });
+        }
+        let epoch_len = self.inner.epoch.read().as_str().len();
+        Some(Prepared::Large(Unnumbered::encode(
+            epoch_len, seq_hint, body, event, data,
+        )))
     }
 
     // ----- ingest ------------------------------------------------------------------
@@ -101,7 +97,7 @@ impl Hub {
             return Ingested::NoSuchTopic;
         };
         let seq_hint = inner.watermark.load(Ordering::Acquire) + 1;
-        let Some(body) = self.encode_unnumbered(topic.name.as_str(), &msg, data, seq_hint) else {
+        let Some(body) = self.prepare(topic.name.as_str(), &msg, data, seq_hint) else {
             return Ingested::TooLarge;
         };
         if topic.gap_pending.load(Ordering::Acquire) {
@@ -122,7 +118,7 @@ impl Hub {
             }
             ingest.seq += 1;
             let seq = ingest.seq;
-            let frame = body.number(&mut ingest.ids, seq);
+            let frame = body.frame(&mut ingest.ids, seq, &msg, data);
             let entry = Entry {
                 seq,
                 frame,
@@ -353,7 +349,8 @@ impl Hub {
             Err(outcome) => Err(outcome),
             Ok(_) if topics.is_empty() => Err(Ingested::NoSuchTopic),
             Ok(data) => self
-                .encode_unnumbered(subject, &msg, data, seq)
+                .prepare(subject, &msg, data, seq)
+                .map(|body| (body, data))
                 .ok_or(Ingested::TooLarge),
         };
         let mut graveyard = Graveyard::take();
@@ -365,8 +362,8 @@ impl Hub {
         ingest.seq = seq;
         let outcome = match body {
             Err(outcome) => outcome,
-            Ok(body) => {
-                let frame = body.number(&mut ingest.ids, seq);
+            Ok((body, data)) => {
+                let frame = body.frame(&mut ingest.ids, seq, &msg, data);
                 for topic in &topics {
                     if topic.retired.load(Ordering::Acquire) {
                         continue;
@@ -440,6 +437,36 @@ fn decimal_digits(mut n: u64) -> usize {
         digits += 1;
     }
     digits
+}
+
+/// The longest `id:` line: the longest epoch, `-`, the longest sequence.
+const MAX_ID_LINE: usize = "id: ".len() + crate::id::MAX_EPOCH_LEN + 1 + 20 + 1;
+
+/// Frames from this size up are encoded before the ingest lock is taken, smaller ones
+/// under it (encoding a few hundred bytes costs less than numbering a frame afterwards).
+const ENCODE_BEFORE_LOCK: usize = 16 * 1024;
+
+/// A message's frame, ready to be numbered under the ingest lock.
+enum Prepared {
+    /// Encoded under the lock; `body` bytes after the id line.
+    Small { body: usize },
+    /// Encoded already.
+    Large(Unnumbered),
+}
+
+impl Prepared {
+    /// The frame of sequence `seq`.
+    fn frame(self, ids: &mut IdFormatter, seq: u64, msg: &Incoming, data: &str) -> Bytes {
+        match self {
+            Self::Small { body } => {
+                let id = ids.format(seq);
+                let mut frame = BytesMut::with_capacity("id: ".len() + id.len() + 1 + body);
+                sse_framing::encode_event(&mut frame, Some(id), msg.event_type.as_deref(), data);
+                frame.freeze()
+            }
+            Self::Large(unnumbered) => unnumbered.number(ids, seq),
+        }
+    }
 }
 
 /// An event frame encoded before its sequence is known (outside the ingest lock):
@@ -579,5 +606,26 @@ impl PublishWaiter {
 impl Drop for PublishWaiter {
     fn drop(&mut self) {
         self.hub.inner.publishes.lock().remove(&self.marker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_frame_numbered_after_encoding_is_the_frame_encoded_with_its_id() {
+        let epoch = Epoch::new("k3j9").unwrap();
+        let data = "line one\r\nline two\n".repeat(2000);
+        for (hint, seq) in [(42, 42), (99, 100), (1000, 7), (1, u64::MAX)] {
+            let mut ids = IdFormatter::new(&epoch);
+            let body = sse_framing::encoded_event_len(None, Some("kind"), &data);
+            let unnumbered =
+                Unnumbered::encode(epoch.as_str().len(), hint, body, Some("kind"), &data);
+            let numbered = unnumbered.number(&mut ids, seq);
+            let direct = encode_event(&mut ids, seq, Some("kind"), &data);
+            assert_eq!(numbered, direct, "hint {hint}, seq {seq}");
+        }
     }
 }

@@ -53,6 +53,9 @@ pub(crate) struct Ring {
     /// Every frame of this topic with a sequence above this is in the ring, or was
     /// evicted, in which case this moved up to the evicted sequence.
     complete_after: u64,
+    /// The sequence under which the budget's front index lists this ring (`None`: not
+    /// listed). Kept by [`crate::budget`]; at most the sequence of the oldest frame.
+    pub indexed: Option<u64>,
 }
 
 impl Ring {
@@ -67,6 +70,7 @@ impl Ring {
             start_bytes: 0,
             head_bytes: 0,
             complete_after,
+            indexed: None,
         }
     }
 
