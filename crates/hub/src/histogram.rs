@@ -35,8 +35,11 @@ use prometheus::{HistogramOpts, Opts};
 /// Most buckets a [`ShardedHistogram`] may have (besides `+Inf`).
 pub const MAX_BUCKETS: usize = 31;
 
-/// A histogram of durations with one single-writer shard per observing thread; see the
-/// [module docs](self). Cheap to clone; clones are the same histogram.
+/// A histogram of durations with one single-writer shard per observing thread: every
+/// observation is counted once, in the first bucket whose bound it does not exceed; a
+/// thread's counts outlive it; a scrape sums the shards (`_count` is the sum of the
+/// buckets; `_sum` may lag an observation behind). Cheap to clone; clones are the same
+/// histogram.
 #[derive(Clone)]
 pub struct ShardedHistogram {
     inner: Arc<Inner>,
