@@ -41,6 +41,7 @@ impl Clock {
     }
 
     /// The moment `nanos` after the base.
+    #[cfg(test)]
     pub fn instant(&self, nanos: u64) -> Instant {
         self.base + Duration::from_nanos(nanos)
     }

@@ -144,8 +144,6 @@ pub(crate) const HOLD_COPY: usize = 64 * 1024;
 pub struct Drained {
     /// Frames appended.
     pub frames: usize,
-    /// When the oldest appended frame reached the gateway.
-    pub oldest: Option<Instant>,
     /// Frames that left the ring before this stream read them: the stream is broken and
     /// must be cut.
     pub lost: u64,
@@ -299,7 +297,6 @@ impl Subscription {
             max_bytes,
             frames: 0,
             bytes: 0,
-            oldest: None,
         };
         let lost = match self.cursors.as_mut_slice() {
             [] => 0,
@@ -311,9 +308,6 @@ impl Subscription {
         };
         Drained {
             frames: batch.frames,
-            oldest: batch
-                .oldest
-                .map(|nanos| self.hub.inner.clock.instant(nanos)),
             lost,
         }
     }
@@ -455,7 +449,6 @@ impl Subscription {
             };
             if let Some((frame, received)) = frame {
                 bytes += frame.len();
-                drained.oldest.get_or_insert(received);
                 drained.frames += 1;
                 out.extend_from_slice(&frame);
                 frames.push(self.hub.inner.clock.nanos(received), frame.len());
@@ -488,8 +481,6 @@ struct Batch<'a> {
     max_bytes: usize,
     frames: usize,
     bytes: usize,
-    /// On the hub's clock.
-    oldest: Option<u64>,
 }
 
 impl Batch<'_> {
@@ -507,7 +498,6 @@ impl Batch<'_> {
     fn push(&mut self, received: u64, len: usize) {
         self.frames += 1;
         self.bytes += len;
-        self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
         self.list.push(received, len);
     }
 }
@@ -517,20 +507,23 @@ impl Batch<'_> {
 /// frames lost (evicted before this stream read them).
 fn drain_one(c: &mut Cursor, skip: u64, batch: &mut Batch<'_>) -> u64 {
     loop {
+        // Counters in locals (registers) for the loop, written back after each hold.
+        let (mut pos, mut offset) = (c.pos, c.offset);
+        let (mut frames, mut bytes) = (batch.frames, batch.bytes);
         let mut copied = 0;
         let mut large = None;
         let mut more = false;
         {
             let ring = c.topic.ring.read();
-            let lost = ring.start_pos().saturating_sub(c.pos);
+            let lost = ring.start_pos().saturating_sub(pos);
             if lost > 0 {
                 // Evicted while an earlier hold of this drain copied: hand out what was
                 // taken; the next drain reports the loss.
-                return if batch.frames > 0 { 0 } else { lost };
+                return if frames > 0 { 0 } else { lost };
             }
-            for entry in ring.iter_from(c.pos) {
+            for entry in ring.iter_from(pos) {
                 let len = entry.frame.len();
-                if !batch.has_room(len) {
+                if !room_for(frames, bytes, len, batch.max_frames, batch.max_bytes) {
                     break;
                 }
                 if entry.seq > skip {
@@ -546,20 +539,24 @@ fn drain_one(c: &mut Cursor, skip: u64, batch: &mut Batch<'_>) -> u64 {
                         batch.out.extend_from_slice(&entry.frame);
                         copied += len;
                     }
-                    if batch.frames == 0 {
+                    if frames == 0 {
                         // Frames after the skipped ones are consecutive positions.
-                        batch.list.first = (0, c.pos);
+                        batch.list.first = (0, pos);
                     }
-                    batch.push(entry.received, len);
+                    frames += 1;
+                    bytes += len;
+                    batch.list.push(entry.received, len);
                 }
-                c.pos += 1;
-                c.offset += len as u64;
+                pos += 1;
+                offset += len as u64;
                 if large.is_some() {
                     more = true;
                     break;
                 }
             }
         }
+        (c.pos, c.offset) = (pos, offset);
+        (batch.frames, batch.bytes) = (frames, bytes);
         if let Some(frame) = large {
             batch.out.extend_from_slice(&frame);
         }

@@ -466,17 +466,16 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         let metrics = self.sub.hub().metrics();
         let now = self.sub.hub().inner.clock.now();
         // Frames before `complete` are completely written; the next starts at `at`.
-        let mut complete = frames.marks.len();
-        let mut at = body_start;
-        metrics.delivery_latency.with_local(|latency| {
+        let (complete, mut at) = metrics.delivery_latency.with_local(|latency| {
+            let mut at = body_start;
             for (i, mark) in frames.marks.iter().enumerate() {
                 if at + mark.len > written {
-                    complete = i;
-                    break;
+                    return (i, at);
                 }
                 latency.observe_nanos(now.saturating_sub(mark.received));
                 at += mark.len;
             }
+            (frames.marks.len(), at)
         });
         if complete > 0 {
             metrics.events_sent.inc_by(complete as u64);
