@@ -1,5 +1,6 @@
 //! 10,000 streams through every way a stream can end — client close, client abort
-//! (RST), slow-consumer cut, write timeout, shutdown — and every gauge back at 0.
+//! (RST), slow-consumer cut, write timeout, shutdown — and every gauge back at 0 (bytes
+//! owed to streams and held in rings included).
 
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,8 +73,11 @@ async fn churn(addr: SocketAddr, count: usize, parallel: usize, abort: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_streams_through_every_exit_leave_every_gauge_at_zero() {
     let nats = NatsServer::start().unwrap();
+    // Byte budgets above what the stalled topic gets: those streams hit the write timeout.
     let mut gw = ready(&nats, |b| {
         b.set("sse", "client_buffer", "8")
+            .set("sse", "client_buffer_bytes", "67108864")
+            .set("sse", "replay_bytes", "16777216")
             .set("sse", "write_timeout", "\"1s\"")
             .set("sse", "topic_linger", "\"200ms\"")
             .set("sse", "heartbeat", "\"1h\"")
@@ -122,6 +126,8 @@ async fn ten_thousand_streams_through_every_exit_leave_every_gauge_at_zero() {
     wait_metric(&gw, "sse_connections_active", &[], 0.0).await;
     wait_metric(&gw, "sse_clients_with_streams", &[], 0.0).await;
     wait_metric(&gw, "sse_topics_active", &[], 0.0).await;
+    wait_metric(&gw, "sse_pending_bytes", &[], 0.0).await;
+    wait_metric(&gw, "sse_ring_bytes", &[], 0.0).await;
 
     // Shutdown: the rest end with the gateway.
     let mut open = Vec::new();

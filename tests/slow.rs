@@ -59,8 +59,10 @@ async fn a_stalled_client_is_cut_while_a_reader_gets_everything() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_hits_the_write_timeout() {
     let nats = NatsServer::start().unwrap();
+    // Budgets far above what is published: only the write timeout can cut it.
     let gw = ready(&nats, |b| {
         b.set("sse", "client_buffer", "100000")
+            .set("sse", "client_buffer_bytes", "1073741824")
             .set("sse", "write_timeout", "\"1s\"")
     })
     .await;

@@ -7,6 +7,7 @@ mod support;
 mod admission;
 mod auth;
 mod browser;
+mod budgets;
 mod churn;
 mod config;
 mod delivery;

@@ -13,6 +13,18 @@
 //! Event ids are `<epoch>-<stream sequence>` where the epoch is the stream's creation
 //! time: every gateway instance gives a message the same id, and a stream deleted and
 //! recreated gets a new epoch (old ids are then `unknown_id`).
+//!
+//! ## Replays
+//!
+//! A resume older than the hub's rings is replayed from the stream with ONE ephemeral
+//! consumer, however many topics the resuming stream has. nats-server 2.10 and later
+//! take several filter subjects on one consumer: the replay filters on its topics'
+//! subjects (unless two of them overlap, which the server refuses). Before 2.10 a
+//! consumer has one filter subject: a replay of one topic filters on its subject, a
+//! replay of several reads `<prefix>.>` from the resume position and keeps the messages
+//! of its topics (wildcards included) itself, which costs reading the other subjects'
+//! messages in that range. At most `max_concurrent_replays` replays talk to JetStream
+//! at once; the others wait their turn with their stream open (it gets heartbeats).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -24,7 +36,7 @@ use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, Stora
 use async_nats::jetstream::{self, Context, ErrorCode};
 use futures::StreamExt;
 use sse_hub::{Epoch, Hub, Incoming, ReplayRequest, ReplaySink, ResetReason, TopicName};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::nats::{event_type, subject_for};
@@ -40,10 +52,14 @@ pub struct JetStreamConfig {
     pub max_age: Duration,
     /// When created: replicas (3 on a 3-node cluster).
     pub replicas: usize,
+    /// Replays reading the stream at once; more wait their turn.
+    pub max_concurrent_replays: usize,
 }
 
 /// Messages fetched per request while replaying.
 const REPLAY_BATCH: usize = 256;
+/// The description of replay consumers (visible in the server's consumer list).
+pub const REPLAY_CONSUMER: &str = "sse-gateway replay";
 /// Messages per pull request of the live consumer.
 const LIVE_BATCH: usize = 1024;
 /// Idle heartbeat of the live consumer: two missed ones and it is recreated.
@@ -63,10 +79,11 @@ struct Log {
 }
 
 /// A handle to the stream for replays; clone it freely. Replays wait until the stream
-/// has been found.
+/// has been found, and for a turn (at most `max_concurrent_replays` at once).
 #[derive(Debug, Clone)]
 pub struct History {
     log: watch::Receiver<Option<Arc<Log>>>,
+    turns: Arc<Semaphore>,
 }
 
 /// The sending side of [`History`], owned by the live consumer.
@@ -74,9 +91,11 @@ pub struct History {
 pub(crate) struct HistoryWriter(watch::Sender<Option<Arc<Log>>>);
 
 impl HistoryWriter {
-    pub(crate) fn new() -> (Self, History) {
+    /// `max_concurrent_replays`: replays reading the stream at once (at least 1).
+    pub(crate) fn new(max_concurrent_replays: usize) -> (Self, History) {
         let (tx, rx) = watch::channel(None);
-        (Self(tx), History { log: rx })
+        let turns = Arc::new(Semaphore::new(max_concurrent_replays.max(1)));
+        (Self(tx), History { log: rx, turns })
     }
 }
 
@@ -236,7 +255,8 @@ pub(crate) async fn run_live(
     }
 }
 
-/// Hands one message of the stream to the hub.
+/// Hands one message of the stream to the hub. Its delivery latency is measured from
+/// the stream's timestamp of it.
 fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
     let Ok(info) = message.info() else {
         return;
@@ -245,18 +265,34 @@ fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
     let Some(subject) = message.subject.get(topic_start..) else {
         return;
     };
-    hub.ingest_logged(subject, seq, incoming(message));
+    let published = published_instant(info.published.unix_timestamp_nanos(), now_unix_nanos());
+    hub.ingest_logged(subject, seq, incoming(message, published));
 }
 
 /// What the hub takes of a message of the stream (a logged message needs no publish
 /// marker: its id is its stream sequence, known to the publisher).
-fn incoming(message: &jetstream::Message) -> Incoming {
+fn incoming(message: &jetstream::Message, received: Instant) -> Incoming {
     Incoming {
         payload: message.payload.clone(),
         event_type: event_type(message.headers.as_ref()),
-        received: Instant::now(),
+        received,
         publish_marker: None,
     }
+}
+
+/// The moment a message stored at wall-clock `published_nanos` (the stream's
+/// timestamp) was published, on this process's monotonic clock: now less its age, an
+/// age below zero (the server's clock ahead of ours) counting as zero.
+fn published_instant(published_nanos: i128, now_nanos: i128) -> Instant {
+    let now = Instant::now();
+    let age = u64::try_from(now_nanos.saturating_sub(published_nanos)).unwrap_or(0);
+    now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+}
+
+fn now_unix_nanos() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
 impl History {
@@ -272,6 +308,14 @@ impl History {
                 changed = self.log.changed() => if changed.is_err() { return },
                 () = tokio::time::sleep(Duration::from_secs(1)) => if sink.is_closed() { return },
             }
+        };
+        // One turn among `max_concurrent_replays`; given up if the stream goes.
+        let _turn = tokio::select! {
+            turn = self.turns.clone().acquire_owned() => match turn {
+                Ok(turn) => turn,
+                Err(_) => return,
+            },
+            () = sink.closed() => return,
         };
         let upto = request.upto.unwrap_or(log.start);
         if request.epoch != log.epoch.as_str() {
@@ -315,7 +359,8 @@ impl Log {
         Ok(())
     }
 
-    /// Merges the topics' messages in `(after, upto]` by sequence into `sink`.
+    /// Sends the topics' messages in `(after, upto]`, in stream order, into `sink`,
+    /// read with one consumer.
     async fn replay(
         &self,
         topics: &[TopicName],
@@ -324,58 +369,100 @@ impl Log {
         sink: &ReplaySink,
     ) -> Result<(), async_nats::Error> {
         let stream = self.js.get_stream(&self.stream).await?;
-        let mut sources = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    filter_subject: subject_for(&self.prefix, topic),
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: after + 1,
-                    },
-                    ack_policy: AckPolicy::None,
-                    inactive_threshold: Duration::from_secs(30),
-                    ..Default::default()
-                })
-                .await?;
-            sources.push(Source {
-                consumer,
-                buffered: VecDeque::new(),
-                done: false,
-            });
-        }
-        let mut last = after;
-        loop {
-            for source in &mut sources {
-                source.refill(upto).await?;
+        let version = self.js.client().server_info().version;
+        let filter = ReplayFilter::choose(server_version(&version), &self.prefix, topics);
+        let (filter_subject, filter_subjects) = match &filter {
+            ReplayFilter::Subjects(subjects) if subjects.len() == 1 => {
+                (subjects[0].clone(), Vec::new())
             }
-            let next = sources
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.buffered.front().map(|(seq, _)| (*seq, i)))
-                .min();
-            let Some((seq, index)) = next else {
-                break;
-            };
-            let Some((_, msg)) = sources[index].buffered.pop_front() else {
-                break;
-            };
-            // A message matching two of the stream's topics is sent once.
-            if seq > last {
-                last = seq;
+            ReplayFilter::Subjects(subjects) => (String::new(), subjects.clone()),
+            ReplayFilter::Everything(subject) => (subject.clone(), Vec::new()),
+        };
+        let consumer = stream
+            .create_consumer(pull::Config {
+                description: Some(REPLAY_CONSUMER.to_owned()),
+                filter_subject,
+                filter_subjects,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ack_policy: AckPolicy::None,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await?;
+        let topic_start = self.prefix.len() + 1;
+        let keep = |subject: &str| match &filter {
+            ReplayFilter::Subjects(_) => true,
+            ReplayFilter::Everything(_) => subject
+                .get(topic_start..)
+                .is_some_and(|s| topics.iter().any(|t| t.matches(s))),
+        };
+        let mut source = Source {
+            consumer,
+            buffered: VecDeque::new(),
+            done: false,
+        };
+        let result = async {
+            loop {
+                source.refill(upto, &keep).await?;
+                let Some((seq, msg)) = source.buffered.pop_front() else {
+                    return Ok(());
+                };
                 if sink.message(seq, msg).await.is_err() {
-                    break;
+                    return Ok(());
                 }
             }
         }
-        for source in sources {
-            let name = source.consumer.cached_info().name.clone();
-            let _ = stream.delete_consumer(&name).await;
-        }
-        Ok(())
+        .await;
+        let name = source.consumer.cached_info().name.clone();
+        let _ = stream.delete_consumer(&name).await;
+        result
     }
 }
 
-/// One topic's messages, fetched in batches.
+/// What a replay's consumer filters on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ReplayFilter {
+    /// Exactly these subjects: one, or several on a server that takes several.
+    Subjects(Vec<String>),
+    /// Everything under the prefix; the replay keeps its topics' messages itself.
+    Everything(String),
+}
+
+impl ReplayFilter {
+    /// The filter for a replay of `topics` on a server of `version` (major, minor).
+    fn choose(version: (u64, u64), prefix: &str, topics: &[TopicName]) -> Self {
+        let subjects = || topics.iter().map(|t| subject_for(prefix, t)).collect();
+        match topics {
+            [_] => Self::Subjects(subjects()),
+            _ if version >= (2, 10) && !any_overlap(topics) => Self::Subjects(subjects()),
+            _ => Self::Everything(format!("{prefix}.>")),
+        }
+    }
+}
+
+/// Whether two of `topics` share a subject (a consumer's filter subjects may not).
+fn any_overlap(topics: &[TopicName]) -> bool {
+    topics
+        .iter()
+        .enumerate()
+        .any(|(i, a)| topics[i + 1..].iter().any(|b| a.overlaps(b)))
+}
+
+/// `major.minor` of a server version such as `2.9.10` (`(0, 0)` when unreadable).
+fn server_version(version: &str) -> (u64, u64) {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor),
+        _ => (0, 0),
+    }
+}
+
+/// A replay's consumer, fetched in batches.
 struct Source {
     consumer: jetstream::consumer::Consumer<pull::Config>,
     buffered: VecDeque<(u64, Incoming)>,
@@ -383,35 +470,106 @@ struct Source {
 }
 
 impl Source {
-    /// Fetches the next batch when the buffer is empty; done at the first message past
-    /// `upto` or when nothing more is available (every message up to `upto` exists).
-    async fn refill(&mut self, upto: u64) -> Result<(), async_nats::Error> {
-        if self.done || !self.buffered.is_empty() {
-            return Ok(());
-        }
-        let mut batch = self
-            .consumer
-            .fetch()
-            .max_messages(REPLAY_BATCH)
-            .messages()
-            .await?;
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            let message = message?;
-            got += 1;
-            let Ok(info) = message.info() else {
-                continue;
-            };
-            let seq = info.stream_sequence;
-            if seq > upto {
-                self.done = true;
-                break;
+    /// Fetches the next batch (the messages on subjects `keep` accepts) when the buffer
+    /// is empty; done at the first message past `upto` or when nothing more is
+    /// available (every message up to `upto` exists).
+    async fn refill(
+        &mut self,
+        upto: u64,
+        keep: &impl Fn(&str) -> bool,
+    ) -> Result<(), async_nats::Error> {
+        while !self.done && self.buffered.is_empty() {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(REPLAY_BATCH)
+                .messages()
+                .await?;
+            let mut got = 0;
+            while let Some(message) = batch.next().await {
+                let message = message?;
+                got += 1;
+                let Ok(info) = message.info() else {
+                    continue;
+                };
+                let seq = info.stream_sequence;
+                if seq > upto {
+                    self.done = true;
+                    break;
+                }
+                if keep(&message.subject) {
+                    // A replayed message is timed from when it was read back: its
+                    // latency is the replay's, not the age of the history it comes from.
+                    self.buffered
+                        .push_back((seq, incoming(&message, Instant::now())));
+                }
             }
-            self.buffered.push_back((seq, incoming(&message)));
-        }
-        if got == 0 {
-            self.done = true;
+            if got == 0 {
+                self.done = true;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn topics(names: &[&str]) -> Vec<TopicName> {
+        names
+            .iter()
+            .map(|n| TopicName::parse(n, true).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn one_consumer_filter_per_replay() {
+        let one = topics(&["a.b"]);
+        let many = topics(&["a", "b.c"]);
+        let overlapping = topics(&["a.*", "a.b"]);
+        let subjects =
+            |s: &[&str]| ReplayFilter::Subjects(s.iter().map(|s| s.to_string()).collect());
+        let everything = ReplayFilter::Everything("sse.>".into());
+        // Any server: one topic is its own subject.
+        assert_eq!(
+            ReplayFilter::choose((2, 9), "sse", &one),
+            subjects(&["sse.a.b"])
+        );
+        // Before 2.10 one filter subject per consumer: everything, kept client-side.
+        assert_eq!(ReplayFilter::choose((2, 9), "sse", &many), everything);
+        // 2.10 takes several, unless they overlap.
+        assert_eq!(
+            ReplayFilter::choose((2, 10), "sse", &many),
+            subjects(&["sse.a", "sse.b.c"])
+        );
+        assert_eq!(
+            ReplayFilter::choose((2, 11), "sse", &overlapping),
+            everything
+        );
+    }
+
+    #[test]
+    fn server_versions() {
+        assert_eq!(server_version("2.9.10"), (2, 9));
+        assert_eq!(server_version("2.10.0-beta.1"), (2, 10));
+        assert_eq!(server_version("v2.11.3"), (2, 11));
+        assert_eq!(server_version("garbage"), (0, 0));
+        assert!(server_version("2.9.10") < (2, 10));
+    }
+
+    #[test]
+    fn a_published_timestamp_becomes_an_instant_in_the_past() {
+        let now = now_unix_nanos();
+        let a = published_instant(now - 2_000_000_000, now);
+        let age = Instant::now() - a;
+        assert!(
+            age >= Duration::from_secs(2) && age < Duration::from_secs(3),
+            "{age:?}"
+        );
+        // The server's clock ahead of ours: no negative age.
+        let b = published_instant(now + 5_000_000_000, now);
+        assert!(Instant::now() - b < Duration::from_secs(1));
     }
 }

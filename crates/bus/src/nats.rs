@@ -136,10 +136,14 @@ type Tagged = (TopicName, u64, Option<Message>);
 impl NatsBus {
     /// An adapter for `hub`; nothing happens until [`NatsBus::run`].
     pub fn new(config: NatsBusConfig, hub: Hub) -> Self {
+        let replays = config
+            .jetstream
+            .as_ref()
+            .map_or(1, |js| js.max_concurrent_replays);
         Self {
             config,
             hub,
-            history: HistoryWriter::new(),
+            history: HistoryWriter::new(replays),
             client: watch::channel(None).0,
         }
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use sse_hub::{Hub, Incoming, Ingested, TopicName};
+use sse_hub::{Hub, Incoming, Ingested, SubscribeError, TopicName};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -34,9 +34,10 @@ pub enum PublishError {
     /// The hub refused the message (payload or event type).
     #[error("the message was refused: {0:?}")]
     Refused(Ingested),
-    /// The topic has reached its subscriber cap (core NATS needs a slot to see the id).
+    /// The topic has reached its subscriber cap (core NATS needs a slot to see the id),
+    /// or the topic would be one more than `max_topics`.
     #[error("{0}")]
-    TopicFull(String),
+    AtCapacity(#[from] SubscribeError),
     /// The message (payload and headers) is larger than the server's `max_payload`: it can
     /// never be published, retrying is useless.
     #[error("the message is larger than the NATS server accepts")]
@@ -72,21 +73,25 @@ impl Publisher {
     }
 
     /// Publishes `payload` on `topic` with an optional event type; returns the event id.
+    ///
+    /// The event's delivery latency is measured from this call (with the memory bus and
+    /// core NATS; a JetStream message from the stream's timestamp).
     pub async fn publish(
         &self,
         topic: &TopicName,
         payload: Bytes,
         event_type: Option<&str>,
     ) -> Result<String, PublishError> {
+        let started = Instant::now();
         match self {
             Self::Memory(hub) => {
                 let msg = Incoming {
                     payload,
                     event_type: event_type.map(str::to_owned),
-                    received: Instant::now(),
+                    received: started,
                     publish_marker: None,
                 };
-                match hub.publish_local(topic, msg) {
+                match hub.publish_local(topic, msg)? {
                     (_, Some(id)) => Ok(id),
                     (outcome, None) => Err(PublishError::Refused(outcome)),
                 }
@@ -111,7 +116,13 @@ impl Publisher {
                 if *jetstream {
                     publish_jetstream(hub, client, subject, headers, payload).await
                 } else {
-                    publish_core(hub, client, topic, subject, headers, payload).await
+                    let message = CoreMessage {
+                        subject,
+                        headers,
+                        payload,
+                        started,
+                    };
+                    publish_core(hub, client, topic, message).await
                 }
             }
         }
@@ -138,18 +149,28 @@ async fn publish_jetstream(
     Ok(hub.event_id(ack.sequence))
 }
 
+/// A message for a core NATS subject, and when the publish API was asked to send it.
+struct CoreMessage {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    started: Instant,
+}
+
 async fn publish_core(
     hub: &Hub,
     client: Client,
     topic: &TopicName,
-    subject: String,
-    mut headers: HeaderMap,
-    payload: Bytes,
+    message: CoreMessage,
 ) -> Result<String, PublishError> {
+    let CoreMessage {
+        subject,
+        mut headers,
+        payload,
+        started,
+    } = message;
     // Hold the topic so this gateway is subscribed and sees the message come back.
-    let probe = hub
-        .subscribe(std::slice::from_ref(topic), None)
-        .map_err(|e| PublishError::TopicFull(e.to_string()))?;
+    let probe = hub.subscribe(std::slice::from_ref(topic), None)?;
     if !hub.wait_upstream(&probe, PUBLISH_TIMEOUT).await {
         return Err(PublishError::Unavailable(
             "the topic's subscription is not confirmed".into(),
@@ -157,7 +178,7 @@ async fn publish_core(
     }
     let marker = fastrand::u64(..);
     headers.insert(PUBLISH_HEADER, marker.to_string().as_str());
-    let waiter = hub.expect_publish(marker);
+    let waiter = hub.expect_publish(marker, started);
     client
         .publish_with_headers(subject, headers, payload)
         .await

@@ -36,8 +36,7 @@ async fn setup(linger: Duration) -> Setup {
             replay_window: 64,
             client_buffer: 64,
             topic_linger: linger,
-            max_subscribers_per_topic: 100_000,
-            durable: false,
+            ..HubConfig::default()
         },
         Epoch::new("bus").unwrap(),
         HubMetrics::unregistered(),

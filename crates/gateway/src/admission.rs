@@ -144,7 +144,7 @@ pub fn cap_refusal(gateway: &Gateway, cap: CapExceeded) -> Refusal {
     Refusal::over_capacity(gateway, rejection, message)
 }
 
-/// Maps a full topic to its refusal.
+/// Maps a full topic (or a full topic table) to its refusal.
 pub fn topic_full(gateway: &Gateway, e: &sse_hub::SubscribeError) -> Refusal {
-    Refusal::over_capacity(gateway, Rejection::MaxSubscribersPerTopic, e.to_string())
+    Refusal::over_capacity(gateway, Rejection::of(e), e.to_string())
 }

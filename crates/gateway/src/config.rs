@@ -285,6 +285,10 @@ pub struct RawSse {
     pub replay_window: usize,
     /// Frames a client may fall behind before the slow-consumer policy cuts it.
     pub client_buffer: usize,
+    /// Encoded bytes kept per topic in memory.
+    pub replay_bytes: usize,
+    /// Bytes a client may fall behind before the slow-consumer policy cuts it.
+    pub client_buffer_bytes: usize,
     /// A client whose socket accepts nothing this long is cut.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
@@ -304,6 +308,8 @@ impl Default for RawSse {
             retry: Duration::from_secs(3),
             replay_window: 1024,
             client_buffer: 256,
+            replay_bytes: 8 * 1024 * 1024,
+            client_buffer_bytes: 4 * 1024 * 1024,
             write_timeout: Duration::from_secs(10),
             max_topics_per_connection: 16,
             topic_linger: Duration::from_secs(30),
@@ -322,6 +328,10 @@ pub struct RawLimits {
     pub max_connections_per_ip: u64,
     /// Streams per topic.
     pub max_subscribers_per_topic: u64,
+    /// Encoded bytes all topic rings together may hold.
+    pub max_ring_bytes: u64,
+    /// Active topics (with streams or lingering) at once.
+    pub max_topics: u64,
     /// Token bucket refill, tokens per second per client address.
     pub connect_rate_per_ip: u32,
     /// Token bucket size.
@@ -342,6 +352,8 @@ impl Default for RawLimits {
             max_connections: 100_000,
             max_connections_per_ip: 256,
             max_subscribers_per_topic: 100_000,
+            max_ring_bytes: 1024 * 1024 * 1024,
+            max_topics: 100_000,
             connect_rate_per_ip: 50,
             connect_burst_per_ip: 100,
             trusted_proxies: Vec::new(),
@@ -367,6 +379,8 @@ pub struct RawJetStream {
     pub max_age: Duration,
     /// When the gateway creates the stream: its replicas.
     pub replicas: usize,
+    /// Replays from the stream in flight at once.
+    pub max_concurrent_replays: usize,
 }
 
 impl Default for RawJetStream {
@@ -377,6 +391,7 @@ impl Default for RawJetStream {
             create: true,
             max_age: Duration::from_secs(24 * 3600),
             replicas: 1,
+            max_concurrent_replays: 64,
         }
     }
 }
@@ -485,6 +500,10 @@ pub struct SseSettings {
     pub replay_window: usize,
     /// Slow-consumer threshold in frames.
     pub client_buffer: usize,
+    /// Encoded bytes kept per topic.
+    pub replay_bytes: usize,
+    /// Slow-consumer threshold in bytes.
+    pub client_buffer_bytes: usize,
     /// Write timeout.
     pub write_timeout: Duration,
     /// Topics per stream.
@@ -504,6 +523,10 @@ pub struct LimitSettings {
     pub max_connections_per_ip: u64,
     /// Per-topic stream cap.
     pub max_subscribers_per_topic: u64,
+    /// Byte budget of all rings.
+    pub max_ring_bytes: u64,
+    /// Active topics cap.
+    pub max_topics: usize,
     /// Token refill per second.
     pub connect_rate_per_ip: u32,
     /// Bucket size.
@@ -520,6 +543,12 @@ pub struct LimitSettings {
 
 /// Largest `replay_window` / `client_buffer` accepted (frames per topic / per client).
 const MAX_FRAMES: usize = 1_000_000;
+/// Largest `limits.max_topics` accepted.
+const MAX_TOPICS: u64 = 10_000_000;
+/// Smallest byte budget accepted (per ring, per client).
+const MIN_BUDGET_BYTES: usize = 1024;
+/// Largest byte budget accepted (1 TiB).
+const MAX_BUDGET_BYTES: u64 = 1 << 40;
 
 impl Config {
     /// Reads and validates a configuration file.
@@ -563,6 +592,12 @@ impl Config {
             ));
         }
         let replicas = in_range("jetstream.replicas", jetstream.replicas, 1, 5)?;
+        let max_concurrent_replays = in_range(
+            "jetstream.max_concurrent_replays",
+            jetstream.max_concurrent_replays,
+            1,
+            10_000,
+        )?;
         if jetstream.enabled && bus.kind == BusKind::Memory {
             return Err(invalid(
                 "jetstream.enabled",
@@ -575,6 +610,7 @@ impl Config {
                 create: jetstream.create,
                 max_age: jetstream.max_age,
                 replicas,
+                max_concurrent_replays,
             })
         } else {
             None
@@ -607,6 +643,18 @@ impl Config {
             retry: sse.retry,
             replay_window: in_range("sse.replay_window", sse.replay_window, 0, MAX_FRAMES)?,
             client_buffer: in_range("sse.client_buffer", sse.client_buffer, 1, MAX_FRAMES)?,
+            replay_bytes: in_range(
+                "sse.replay_bytes",
+                sse.replay_bytes,
+                MIN_BUDGET_BYTES,
+                budget_max(),
+            )?,
+            client_buffer_bytes: in_range(
+                "sse.client_buffer_bytes",
+                sse.client_buffer_bytes,
+                MIN_BUDGET_BYTES,
+                budget_max(),
+            )?,
             write_timeout: positive("sse.write_timeout", sse.write_timeout)?,
             max_topics_per_connection: in_range(
                 "sse.max_topics_per_connection",
@@ -653,6 +701,23 @@ impl Config {
                 1,
                 u64::MAX,
             )?,
+            max_ring_bytes: in_range(
+                "limits.max_ring_bytes",
+                limits.max_ring_bytes,
+                sse.replay_bytes as u64,
+                MAX_BUDGET_BYTES,
+            )
+            .map_err(|_| {
+                invalid(
+                    "limits.max_ring_bytes",
+                    format!(
+                        "{} must be at least sse.replay_bytes ({}) and at most {MAX_BUDGET_BYTES}",
+                        limits.max_ring_bytes, sse.replay_bytes
+                    ),
+                )
+            })?,
+            max_topics: in_range("limits.max_topics", limits.max_topics, 1, MAX_TOPICS)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))?,
             connect_rate_per_ip: in_range(
                 "limits.connect_rate_per_ip",
                 limits.connect_rate_per_ip,
@@ -839,6 +904,11 @@ fn validate_routes(routes: Vec<RawRoute>) -> Result<Vec<RouteSettings>, ConfigEr
         .collect()
 }
 
+/// [`MAX_BUDGET_BYTES`] as a `usize` (smaller on 32-bit targets).
+fn budget_max() -> usize {
+    usize::try_from(MAX_BUDGET_BYTES).unwrap_or(usize::MAX)
+}
+
 fn socket_addr(key: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
     value.parse().map_err(|_| {
         invalid(
@@ -900,6 +970,43 @@ mod tests {
         assert!(!c.sse.allow_wildcards);
         assert_eq!(c.limits.max_connections, 100_000);
         assert_eq!(c.limits.connect_burst_per_ip, 100);
+        assert_eq!(c.sse.replay_bytes, 8_388_608);
+        assert_eq!(c.sse.client_buffer_bytes, 4_194_304);
+        assert_eq!(c.limits.max_ring_bytes, 1_073_741_824);
+        assert_eq!(c.limits.max_topics, 100_000);
+    }
+
+    #[test]
+    fn byte_budgets_are_checked() {
+        let c = check(
+            "[sse]\nreplay_bytes = 65536\nclient_buffer_bytes = 32768\n[limits]\nmax_ring_bytes = 65536\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.sse.replay_bytes,
+                c.sse.client_buffer_bytes,
+                c.limits.max_ring_bytes
+            ),
+            (65_536, 32_768, 65_536)
+        );
+        for (text, key) in [
+            ("[sse]\nreplay_bytes = 100\n", "sse.replay_bytes"),
+            (
+                "[sse]\nclient_buffer_bytes = 0\n",
+                "sse.client_buffer_bytes",
+            ),
+            (
+                "[sse]\nreplay_bytes = 65536\n[limits]\nmax_ring_bytes = 65535\n",
+                "limits.max_ring_bytes",
+            ),
+        ] {
+            let e = check(text).unwrap_err();
+            assert!(e.starts_with(key), "{text:?} gave {e}");
+        }
+        let e =
+            check("[sse]\nreplay_bytes = 65536\n[limits]\nmax_ring_bytes = 1024\n").unwrap_err();
+        assert!(e.contains("sse.replay_bytes"), "{e}");
     }
 
     #[test]
@@ -947,8 +1054,13 @@ mod tests {
                 "limits.trusted_proxies",
             ),
             ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+            ("[limits]\nmax_topics = 0\n", "limits.max_topics"),
             ("[jetstream]\nstream = \"a.b\"\n", "jetstream.stream"),
             ("[jetstream]\nreplicas = 0\n", "jetstream.replicas"),
+            (
+                "[jetstream]\nmax_concurrent_replays = 0\n",
+                "jetstream.max_concurrent_replays",
+            ),
         ] {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(key), "{text:?} gave {e:?}");

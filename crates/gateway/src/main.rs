@@ -188,6 +188,10 @@ fn run(config: Config) -> anyhow::Result<()> {
         HubConfig {
             replay_window: config.sse.replay_window,
             client_buffer: config.sse.client_buffer,
+            replay_bytes: config.sse.replay_bytes,
+            client_buffer_bytes: config.sse.client_buffer_bytes,
+            max_ring_bytes: config.limits.max_ring_bytes,
+            max_topics: config.limits.max_topics,
             topic_linger: config.sse.topic_linger,
             max_subscribers_per_topic: usize::try_from(config.limits.max_subscribers_per_topic)
                 .unwrap_or(usize::MAX),

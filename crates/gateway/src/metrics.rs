@@ -1,79 +1,102 @@
-//! Every metric of SPEC §4, registered in one registry.
+//! Every metric of the protocol (§4), registered in one registry.
 //!
 //! Names and label values live here and nowhere else. Labelled counters are created
 //! with all their label values at start-up, so scrapes show zeros instead of missing
 //! series.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use sse_hub::HubMetrics;
+use sse_hub::{HubMetrics, ShardedHistogram, SubscribeError};
 
-/// `sse_connections_total{outcome}` values.
-pub const OUTCOMES: [&str; 5] = [
-    "accepted",
-    "rate_limited",
-    "over_capacity",
-    "bad_request",
-    "unauthorized",
-];
+/// Declares the values of a metric label as an enum: each value is written once, here,
+/// and `ALL` lists them for registering every series at start-up.
+macro_rules! label_values {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $label:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
 
-/// `sse_events_dropped_total{reason}` values.
-pub const DROP_REASONS: [&str; 3] = ["slow_consumer", "invalid_utf8", "invalid_event_type"];
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
 
-/// `sse_admission_rejections_total{reason}` values: why admission refused a request.
-pub const REJECTIONS: [&str; 10] = [
-    "rate_limited",
-    "max_connections",
-    "max_connections_per_ip",
-    "max_sockets_per_ip",
-    "max_subscribers_per_topic",
-    "draining",
-    "header_timeout",
-    "header_too_large",
-    "uri_too_long",
-    "malformed_request",
-];
+            /// The label value.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+        }
+    };
+}
 
-/// Why admission refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Token bucket empty.
-    RateLimited,
-    /// `limits.max_connections`.
-    MaxConnections,
-    /// `limits.max_connections_per_ip`.
-    MaxConnectionsPerIp,
-    /// `limits.max_sockets_per_ip`: a peer's open connections of any kind.
-    MaxSocketsPerIp,
-    /// `limits.max_subscribers_per_topic`.
-    MaxSubscribersPerTopic,
-    /// Shutting down.
-    Draining,
-    /// The head did not arrive within `server.header_timeout`.
-    HeaderTimeout,
-    /// Head over the size or field limit (431).
-    HeaderTooLarge,
-    /// Request line over the limit (414).
-    UriTooLong,
-    /// Not an HTTP/1 request (400).
-    MalformedRequest,
+label_values! {
+    /// `sse_connections_total{outcome}`: how a stream request ended at admission.
+    Outcome {
+        /// Streaming.
+        Accepted = "accepted",
+        /// Token bucket empty (429).
+        RateLimited = "rate_limited",
+        /// A connection cap or draining (503).
+        OverCapacity = "over_capacity",
+        /// Bad topic, query or method (4xx).
+        BadRequest = "bad_request",
+        /// Missing or insufficient credentials (401/403).
+        Unauthorized = "unauthorized",
+    }
+}
+
+label_values! {
+    /// `sse_events_dropped_total{reason}`: why an event was not delivered.
+    DropReason {
+        /// A client cut for being too far behind never got it.
+        SlowConsumer = "slow_consumer",
+        /// The payload was not UTF-8.
+        InvalidUtf8 = "invalid_utf8",
+        /// The `Sse-Event` header was not a usable event type.
+        InvalidEventType = "invalid_event_type",
+        /// Framed, larger than the byte budgets allow.
+        TooLarge = "too_large",
+    }
+}
+
+label_values! {
+    /// `sse_admission_rejections_total{reason}`: why admission refused a request.
+    Rejection {
+        /// Token bucket empty.
+        RateLimited = "rate_limited",
+        /// `limits.max_connections`.
+        MaxConnections = "max_connections",
+        /// `limits.max_connections_per_ip`.
+        MaxConnectionsPerIp = "max_connections_per_ip",
+        /// `limits.max_sockets_per_ip`: a peer's open connections of any kind.
+        MaxSocketsPerIp = "max_sockets_per_ip",
+        /// `limits.max_subscribers_per_topic`.
+        MaxSubscribersPerTopic = "max_subscribers_per_topic",
+        /// `limits.max_topics`.
+        MaxTopics = "max_topics",
+        /// Shutting down.
+        Draining = "draining",
+        /// The head did not arrive within `server.header_timeout`.
+        HeaderTimeout = "header_timeout",
+        /// Head over the size or field limit (431).
+        HeaderTooLarge = "header_too_large",
+        /// Request line over the limit (414).
+        UriTooLong = "uri_too_long",
+        /// Not an HTTP/1 request, or ambiguous framing (400).
+        MalformedRequest = "malformed_request",
+    }
 }
 
 impl Rejection {
-    fn label(self) -> &'static str {
-        match self {
-            Self::RateLimited => "rate_limited",
-            Self::MaxConnections => "max_connections",
-            Self::MaxConnectionsPerIp => "max_connections_per_ip",
-            Self::MaxSocketsPerIp => "max_sockets_per_ip",
-            Self::MaxSubscribersPerTopic => "max_subscribers_per_topic",
-            Self::Draining => "draining",
-            Self::HeaderTimeout => "header_timeout",
-            Self::HeaderTooLarge => "header_too_large",
-            Self::UriTooLong => "uri_too_long",
-            Self::MalformedRequest => "malformed_request",
+    /// Which cap a refused subscription hit.
+    pub fn of(e: &SubscribeError) -> Self {
+        match e {
+            SubscribeError::TooManyTopics { .. } => Self::MaxTopics,
+            _ => Self::MaxSubscribersPerTopic,
         }
     }
 }
@@ -102,33 +125,6 @@ pub struct Metrics {
     pub hub: HubMetrics,
 }
 
-/// How a stream request ended at admission.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Streaming.
-    Accepted,
-    /// Token bucket empty (429).
-    RateLimited,
-    /// A connection cap or draining (503).
-    OverCapacity,
-    /// Bad topic, query or method (4xx).
-    BadRequest,
-    /// Missing or insufficient credentials (401/403).
-    Unauthorized,
-}
-
-impl Outcome {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Accepted => OUTCOMES[0],
-            Self::RateLimited => OUTCOMES[1],
-            Self::OverCapacity => OUTCOMES[2],
-            Self::BadRequest => OUTCOMES[3],
-            Self::Unauthorized => OUTCOMES[4],
-        }
-    }
-}
-
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Self> {
@@ -150,8 +146,8 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(connections_total.clone()))?;
-        for outcome in OUTCOMES {
-            connections_total.with_label_values(&[outcome]);
+        for outcome in Outcome::ALL {
+            connections_total.with_label_values(&[outcome.label()]);
         }
         let dropped = IntCounterVec::new(
             Opts::new(
@@ -161,23 +157,30 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(dropped.clone()))?;
-        let latency = Histogram::with_opts(
+        for reason in DropReason::ALL {
+            dropped.with_label_values(&[reason.label()]);
+        }
+        let latency = ShardedHistogram::new(
             HistogramOpts::new(
                 "sse_delivery_latency_seconds",
-                "NATS receipt to client socket write (one sample per socket write, its oldest frame).",
+                "Receipt (NATS, or the publisher's time when known) to the event's last byte \
+                 taken by the client socket; one sample per delivered event.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
+        )
+        .map_err(|e| prometheus::Error::Msg(e.to_string()))?;
         registry.register(Box::new(latency.clone()))?;
 
         let hub = HubMetrics {
             events_sent: counter("sse_events_sent_total", "Event frames written to clients.")?,
-            dropped_slow_consumer: dropped.with_label_values(&[DROP_REASONS[0]]),
-            dropped_invalid_utf8: dropped.with_label_values(&[DROP_REASONS[1]]),
-            dropped_invalid_event_type: dropped.with_label_values(&[DROP_REASONS[2]]),
+            dropped_slow_consumer: dropped.with_label_values(&[DropReason::SlowConsumer.label()]),
+            dropped_invalid_utf8: dropped.with_label_values(&[DropReason::InvalidUtf8.label()]),
+            dropped_invalid_event_type: dropped
+                .with_label_values(&[DropReason::InvalidEventType.label()]),
+            dropped_too_large: dropped.with_label_values(&[DropReason::TooLarge.label()]),
             slow_consumer_disconnects: counter(
                 "sse_slow_consumer_disconnects_total",
-                "Clients cut for falling more than client_buffer frames behind.",
+                "Clients cut for falling more than client_buffer frames or client_buffer_bytes bytes behind.",
             )?,
             write_timeouts: counter(
                 "sse_write_timeout_disconnects_total",
@@ -192,6 +195,11 @@ impl Metrics {
                 "sse_replayed_events_total",
                 "Events replayed to resuming clients.",
             )?,
+            ring_bytes: gauge("sse_ring_bytes", "Encoded bytes held in all topic rings.")?,
+            pending_bytes: gauge(
+                "sse_pending_bytes",
+                "Bytes owed to streams and not yet taken by their sockets (a frame owed to several streams counts once per stream; it is held once).",
+            )?,
             delivery_latency: latency,
         };
         let nats_connected = gauge("sse_nats_connected", "1 while connected to NATS.")?;
@@ -203,8 +211,8 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(rejections.clone()))?;
-        for reason in REJECTIONS {
-            rejections.with_label_values(&[reason]);
+        for reason in Rejection::ALL {
+            rejections.with_label_values(&[reason.label()]);
         }
         let rate_limited_clients = gauge(
             "sse_rate_limited_clients",
@@ -252,7 +260,6 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -270,16 +277,34 @@ mod tests {
             "sse_replayed_events_total",
             "sse_nats_connected",
             "sse_delivery_latency_seconds",
+            "sse_ring_bytes",
+            "sse_pending_bytes",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
-        for outcome in OUTCOMES {
-            assert!(text.contains(&format!("sse_connections_total{{outcome=\"{outcome}\"}} 0")));
+        let zero = |family: &str, label: &str, value: &str| {
+            let series = format!("{family}{{{label}=\"{value}\"}} 0");
+            assert!(text.contains(&series), "{series} missing");
+        };
+        for outcome in Outcome::ALL {
+            zero("sse_connections_total", "outcome", outcome.label());
         }
-        for reason in DROP_REASONS {
-            assert!(text.contains(&format!(
-                "sse_events_dropped_total{{reason=\"{reason}\"}} 0"
-            )));
+        for reason in DropReason::ALL {
+            zero("sse_events_dropped_total", "reason", reason.label());
         }
+        for reason in Rejection::ALL {
+            zero("sse_admission_rejections_total", "reason", reason.label());
+        }
+    }
+
+    #[test]
+    fn a_full_topic_table_is_its_own_rejection() {
+        let too_many = SubscribeError::TooManyTopics { max: 3 };
+        assert_eq!(Rejection::of(&too_many).label(), "max_topics");
+        let full = SubscribeError::TopicFull {
+            topic: sse_hub::TopicName::parse("a", false).unwrap(),
+            max: 3,
+        };
+        assert_eq!(Rejection::of(&full).label(), "max_subscribers_per_topic");
     }
 }

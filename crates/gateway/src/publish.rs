@@ -134,11 +134,18 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
         return Err(ApiError::payload_too_large(max));
     }
     let body = read_body(session, max).await?;
-    if std::str::from_utf8(&body).is_err() {
+    let Ok(data) = std::str::from_utf8(&body) else {
         return Err(ApiError::bad_request(
             "invalid_body",
             "the body (event data) must be UTF-8",
         ));
+    };
+    // Framed, the event must fit the hub's byte budgets (SPEC §10), or it is never held.
+    if let Err(e) = gateway.hub.check_frame_size(data, request.event.as_deref()) {
+        return Err(ApiError {
+            message: e.to_string(),
+            ..ApiError::payload_too_large(e.max)
+        });
     }
     let Some(publisher) = gateway.publisher.get() else {
         return Err(ApiError::unavailable("the message bus is starting", 1));

@@ -48,6 +48,7 @@ impl Gateway {
             retry: config.sse.retry,
             write_timeout: config.sse.write_timeout,
             client_buffer: config.sse.client_buffer,
+            client_buffer_bytes: config.sse.client_buffer_bytes,
             max_write_frames: config.sse.client_buffer,
             max_write_bytes: 256 * 1024,
             // Streams end spread over most of the grace period, each told to come back

@@ -10,10 +10,12 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::time::Instant;
 
+use crate::budget::Budget;
+use crate::clock::Clock;
 use crate::id::{Epoch, IdFormatter, parse_id};
 use crate::metrics::HubMetrics;
 use crate::replay::ReplayRequest;
-use crate::ring::{Entry, Ring};
+use crate::ring::Ring;
 use crate::subscription::{Cursor, Subscription};
 use crate::topic::TopicName;
 
@@ -46,13 +48,22 @@ impl ResetReason {
     }
 }
 
-/// Hub settings, from `[sse]` of the configuration.
+/// Hub settings, from `[sse]` and `[limits]` of the configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
     /// Frames kept per topic for resume.
     pub replay_window: usize,
     /// Frames a client may fall behind while its socket is full before it is cut.
     pub client_buffer: usize,
+    /// Encoded bytes a topic's ring may hold (`sse.replay_bytes`).
+    pub replay_bytes: usize,
+    /// Bytes a client may fall behind while its socket is full before it is cut
+    /// (`sse.client_buffer_bytes`).
+    pub client_buffer_bytes: usize,
+    /// Encoded bytes all rings together may hold (`limits.max_ring_bytes`).
+    pub max_ring_bytes: u64,
+    /// Active topics (with streams or lingering) at once (`limits.max_topics`).
+    pub max_topics: usize,
     /// How long a topic keeps its upstream subscription after its last client left.
     pub topic_linger: Duration,
     /// Streams one topic may have at once.
@@ -61,6 +72,34 @@ pub struct HubConfig {
     /// loses nothing (no `upstream_gap`), and ids older than the rings are replayed from
     /// the log (see [`crate::ReplayRequest`]).
     pub durable: bool,
+}
+
+impl Default for HubConfig {
+    /// The defaults of the configuration file (SPEC §5 and §10).
+    fn default() -> Self {
+        Self {
+            replay_window: 1024,
+            client_buffer: 256,
+            replay_bytes: 8 * 1024 * 1024,
+            client_buffer_bytes: 4 * 1024 * 1024,
+            max_ring_bytes: 1024 * 1024 * 1024,
+            max_topics: 100_000,
+            topic_linger: Duration::from_secs(30),
+            max_subscribers_per_topic: 100_000,
+            durable: false,
+        }
+    }
+}
+
+impl HubConfig {
+    /// The largest encoded frame the hub takes: one that fits a ring, the rings' total
+    /// and a client's byte budget. A larger one could never be held or delivered
+    /// without cutting every reader, so it is dropped at ingest.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.replay_bytes
+            .min(self.client_buffer_bytes)
+            .min(usize::try_from(self.max_ring_bytes).unwrap_or(usize::MAX))
+    }
 }
 
 /// Why a stream could not be registered.
@@ -75,6 +114,25 @@ pub enum SubscribeError {
         /// The cap.
         max: usize,
     },
+    /// The hub already has `max_topics` active topics and this would add one.
+    #[error("the gateway already has {max} active topics")]
+    TooManyTopics {
+        /// The cap.
+        max: usize,
+    },
+}
+
+/// An event whose encoded frame is larger than the hub takes
+/// ([`HubConfig::max_frame_bytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the event would be {len} bytes once framed (each payload line becomes a \"data: \" line); at most {max} are accepted"
+)]
+pub struct FrameTooLarge {
+    /// The encoded size (counting the longest id the event could get).
+    pub len: usize,
+    /// The limit.
+    pub max: usize,
 }
 
 /// A message from upstream, before validation.
@@ -104,6 +162,9 @@ pub enum Ingested {
     InvalidEventType,
     /// No topic of that name is active (a late message after unsubscribe).
     NoSuchTopic,
+    /// Its encoded frame is larger than [`HubConfig::max_frame_bytes`]: dropped and
+    /// counted.
+    TooLarge,
 }
 
 /// The hub. Cheap to clone; every clone is the same hub.
@@ -115,12 +176,17 @@ pub struct Hub {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub config: HubConfig,
+    /// Moments of receipt and delivery as nanoseconds.
+    pub clock: Clock,
     pub epoch: RwLock<Epoch>,
     pub metrics: HubMetrics,
     pub topics: Mutex<Topics>,
     /// Held while a sequence is assigned and its frame pushed, so frames enter the
-    /// rings in sequence order.
+    /// rings in sequence order; it also guards the rings' byte budget. Nothing slow
+    /// happens under it: frames are encoded before, and evicted frames freed after.
     pub ingest: Mutex<IngestState>,
+    /// Identifies topics in the budget's front index (names can come back).
+    next_topic_id: AtomicU64,
     /// The highest sequence whose frame is in its ring.
     pub watermark: AtomicU64,
     pub connected: AtomicBool,
@@ -132,8 +198,9 @@ pub(crate) struct Inner {
     pub closing: AtomicBool,
     demand: Mutex<HashSet<TopicName>>,
     demand_notify: Notify,
-    /// Publishes through this gateway waiting for their message's sequence.
-    pub publishes: Mutex<HashMap<u64, oneshot::Sender<u64>>>,
+    /// Publishes through this gateway waiting for their message's sequence, with the
+    /// moment each was handed to the bus (its delivery latency is measured from it).
+    pub publishes: Mutex<HashMap<u64, (oneshot::Sender<u64>, Instant)>>,
     /// Bumped when a topic's upstream subscription is confirmed or the connection
     /// state changes; waiters re-check their topics.
     pub readiness: watch::Sender<u64>,
@@ -171,15 +238,23 @@ impl Topics {
 pub(crate) struct IngestState {
     pub seq: u64,
     pub ids: IdFormatter,
+    pub budget: Budget,
 }
 
 /// One active topic.
 #[derive(Debug)]
 pub(crate) struct Topic {
+    /// Unique in this hub, never reused.
+    pub id: u64,
     pub name: TopicName,
     pub ring: RwLock<Ring>,
     /// Mirror of the ring's head position, for lock-free "anything new?" checks.
     pub head: AtomicU64,
+    /// Mirror of the ring's head byte offset, for lock-free "how many bytes behind?".
+    pub head_bytes: AtomicU64,
+    /// Set under the ingest lock when the hub let the topic go: nothing is pushed into
+    /// it any more.
+    pub retired: AtomicBool,
     pub notify: Arc<Notify>,
     /// A reset frame is owed to readers before the next upstream frame.
     pub gap_pending: AtomicBool,
@@ -194,11 +269,20 @@ pub(crate) struct TopicMeta {
 }
 
 impl Topic {
-    fn new(name: TopicName, capacity: usize, complete_after: u64) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        name: TopicName,
+        capacity: usize,
+        max_bytes: u64,
+        complete_after: u64,
+    ) -> Self {
         Self {
+            id,
             name,
-            ring: RwLock::new(Ring::new(capacity, complete_after)),
+            ring: RwLock::new(Ring::new(capacity, max_bytes, complete_after)),
             head: AtomicU64::new(0),
+            head_bytes: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
             notify: Arc::new(Notify::new()),
             gap_pending: AtomicBool::new(false),
             meta: Mutex::new(TopicMeta {
@@ -207,19 +291,6 @@ impl Topic {
                 upstream_ready: false,
             }),
         }
-    }
-
-    pub(crate) fn push(&self, entry: Entry) {
-        let mut ring = self.ring.write();
-        ring.push(entry);
-        self.head.store(ring.head_pos(), Ordering::Release);
-    }
-
-    /// Forgets the ring's frames: ids of another log epoch.
-    pub(crate) fn restart_ring(&self, complete_after: u64) {
-        let mut ring = self.ring.write();
-        ring.clear(complete_after);
-        self.head.store(ring.head_pos(), Ordering::Release);
     }
 
     /// Releases one subscriber slot (called when a subscription ends).
@@ -248,13 +319,20 @@ impl Hub {
     /// A hub whose ids carry `epoch`.
     pub fn new(config: HubConfig, epoch: Epoch, metrics: HubMetrics) -> Self {
         let ids = IdFormatter::new(&epoch);
+        let budget = Budget::new(config.max_ring_bytes);
         Self {
             inner: Arc::new(Inner {
                 config,
+                clock: Clock::new(),
                 epoch: RwLock::new(epoch),
                 metrics,
                 topics: Mutex::new(Topics::default()),
-                ingest: Mutex::new(IngestState { seq: 0, ids }),
+                ingest: Mutex::new(IngestState {
+                    seq: 0,
+                    ids,
+                    budget,
+                }),
+                next_topic_id: AtomicU64::new(1),
                 watermark: AtomicU64::new(0),
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
@@ -374,16 +452,16 @@ impl Hub {
         let cursors: Vec<Cursor> = handles
             .into_iter()
             .map(|topic| {
-                let pos = {
+                let (pos, offset) = {
                     let ring = topic.ring.read();
                     let pos = ring.first_pos_after(after);
                     if matches!(resume, Resume::From(_)) {
                         // Frames above the watermark are live, not replayed.
                         replayed += ring.first_pos_after(watermark) - pos;
                     }
-                    pos
+                    (pos, ring.offset_of(pos))
                 };
-                Cursor::new(topic, pos)
+                Cursor::new(topic, pos, offset)
             })
             .collect();
         inner.metrics.replayed_events.inc_by(replayed);
@@ -447,6 +525,11 @@ impl Hub {
                 max,
             });
         }
+        if topics.by_name.len() >= inner.config.max_topics {
+            return Err(SubscribeError::TooManyTopics {
+                max: inner.config.max_topics,
+            });
+        }
         // A new topic knows nothing published before now. With core subscriptions not
         // even at the current watermark (its own upstream subscription is only being
         // made): resuming on it from any existing id is refused. A durable log's live
@@ -457,8 +540,15 @@ impl Hub {
         } else {
             watermark + 1
         };
+        // Live readers need `client_buffer` frames, resumes `replay_window`.
         let capacity = inner.config.replay_window.max(inner.config.client_buffer);
-        let topic = Arc::new(Topic::new(name.clone(), capacity, complete_after));
+        let topic = Arc::new(Topic::new(
+            inner.next_topic_id.fetch_add(1, Ordering::Relaxed),
+            name.clone(),
+            capacity,
+            inner.config.replay_bytes as u64,
+            complete_after,
+        ));
         topic.meta.lock().subscribers = 1;
         if !inner.config.durable
             && !inner.connected.load(Ordering::Acquire)
@@ -542,26 +632,31 @@ impl Hub {
     pub fn sweep(&self, now: Instant) -> usize {
         let inner = &self.inner;
         let linger = inner.config.topic_linger;
-        let mut removed = Vec::new();
+        let mut removed: Vec<Arc<Topic>> = Vec::new();
         {
             let mut topics = inner.topics.lock();
-            topics.by_name.retain(|name, topic| {
+            topics.by_name.retain(|_, topic| {
                 let meta = topic.meta.lock();
                 let expired = meta.subscribers == 0
                     && meta
                         .idle_since
                         .is_some_and(|since| now.duration_since(since) >= linger);
                 if expired {
-                    removed.push(name.clone());
+                    removed.push(topic.clone());
                 }
                 !expired
             });
-            topics.wildcards.retain(|t| !removed.contains(&t.name));
+            topics
+                .wildcards
+                .retain(|t| !removed.iter().any(|r| Arc::ptr_eq(r, t)));
             inner.metrics.topics_active.set(topics.by_name.len() as i64);
         }
-        for name in &removed {
-            tracing::debug!(topic = %name, "topic idle past linger; dropping its upstream subscription");
-            self.mark_demand(name);
+        if !removed.is_empty() {
+            self.retire(&removed);
+        }
+        for topic in &removed {
+            tracing::debug!(topic = %topic.name, "topic idle past linger; dropping its upstream subscription");
+            self.mark_demand(&topic.name);
         }
         removed.len()
     }

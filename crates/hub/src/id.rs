@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Longest epoch accepted, in bytes.
-const MAX_EPOCH_LEN: usize = 32;
+pub(crate) const MAX_EPOCH_LEN: usize = 32;
 
 /// The origin of a sequence of ids: `[0-9a-z]{1,32}`.
 #[derive(Clone, PartialEq, Eq, Hash)]

@@ -4,11 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::hub::{Hub, Incoming, IngestState, Ingested, RESET_EVENT, ResetReason, Topic};
+use crate::hub::{
+    FrameTooLarge, Hub, Incoming, IngestState, Ingested, RESET_EVENT, ResetReason, SubscribeError,
+    Topic,
+};
 use crate::id::{Epoch, IdFormatter};
 use crate::ring::Entry;
 use crate::topic::TopicName;
@@ -31,6 +34,54 @@ impl Hub {
         Ok(data)
     }
 
+    /// Whether an event with this data and type fits the hub's budgets once framed
+    /// ([`crate::HubConfig::max_frame_bytes`]); computed without encoding, counting the
+    /// longest id any event can get. The publish API asks before publishing (413).
+    pub fn check_frame_size(
+        &self,
+        data: &str,
+        event_type: Option<&str>,
+    ) -> Result<usize, FrameTooLarge> {
+        self.frame_size(sse_framing::encoded_event_len(None, event_type, data))
+    }
+
+    /// The largest size a frame of `body` bytes (all but the id line) can have, if the
+    /// hub takes it.
+    fn frame_size(&self, body: usize) -> Result<usize, FrameTooLarge> {
+        let len = body + MAX_ID_LINE;
+        let max = self.inner.config.max_frame_bytes();
+        if len > max {
+            Err(FrameTooLarge { len, max })
+        } else {
+            Ok(len)
+        }
+    }
+
+    /// Checks a validated message's frame size and, when it is large, encodes it (all
+    /// but its `id:` line) now, outside the ingest lock; `None` (counted and logged)
+    /// when it is larger than the hub takes.
+    fn prepare(&self, topic: &str, msg: &Incoming, data: &str, seq_hint: u64) -> Option<Prepared> {
+        let event = msg.event_type.as_deref();
+        let body = sse_framing::encoded_event_len(None, event, data);
+        if let Err(e) = self.frame_size(body) {
+            self.inner.metrics.dropped_too_large.inc();
+            tracing::debug!(
+                topic,
+                len = e.len,
+                max = e.max,
+                "dropped a message too large for the budgets"
+            );
+            return None;
+        }
+        if body < ENCODE_BEFORE_LOCK {
+            return Some(Prepared::Small { body });
+        }
+        let epoch_len = self.inner.epoch.read().as_str().len();
+        Some(Prepared::Large(Unnumbered::encode(
+            epoch_len, seq_hint, body, event, data,
+        )))
+    }
+
     // ----- ingest ------------------------------------------------------------------
 
     /// Validates, encodes once and stores an upstream message for `topic`, then wakes
@@ -45,26 +96,43 @@ impl Hub {
         let Some(topic) = inner.topics.lock().by_name.get(topic).cloned() else {
             return Ingested::NoSuchTopic;
         };
+        let seq_hint = inner.watermark.load(Ordering::Acquire) + 1;
+        let Some(body) = self.prepare(topic.name.as_str(), &msg, data, seq_hint) else {
+            return Ingested::TooLarge;
+        };
         if topic.gap_pending.load(Ordering::Acquire) {
             // The first message after an outage: its reset frame goes first.
             self.push_gaps(self.all_topics(), true);
         }
+        // A publish through this gateway is timed from when it was handed to the bus.
+        let received = inner.clock.nanos(
+            msg.publish_marker
+                .and_then(|marker| inner.publishes.lock().get(&marker).map(|p| p.1))
+                .unwrap_or(msg.received),
+        );
+        let mut graveyard = Graveyard::take();
         let seq = {
             let mut ingest = inner.ingest.lock();
+            if topic.retired.load(Ordering::Acquire) {
+                return Ingested::NoSuchTopic;
+            }
             ingest.seq += 1;
             let seq = ingest.seq;
-            let frame = encode_event(&mut ingest.ids, seq, msg.event_type.as_deref(), data);
-            topic.push(Entry {
+            let frame = body.frame(&mut ingest.ids, seq, &msg, data);
+            let entry = Entry {
                 seq,
                 frame,
-                received: msg.received,
-            });
+                received,
+            };
+            ingest.budget.push(&topic, entry, &mut graveyard);
+            inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
             if let Some(marker) = msg.publish_marker {
                 self.published(marker, seq);
             }
             inner.watermark.store(seq, Ordering::Release);
             seq
         };
+        graveyard.bury();
         topic.notify.notify_waiters();
         Ingested::Stored(seq)
     }
@@ -85,22 +153,27 @@ impl Hub {
     fn push_gaps(&self, topics: Vec<Arc<Topic>>, owed_only: bool) {
         let inner = &self.inner;
         let mut woken = Vec::new();
+        let mut graveyard = Graveyard::take();
         {
             let mut ingest = inner.ingest.lock();
             let mut entry = None;
             for topic in topics {
                 let owed = topic.gap_pending.swap(false, Ordering::AcqRel);
-                if owed_only && !owed {
+                if (owed_only && !owed) || topic.retired.load(Ordering::Acquire) {
                     continue;
                 }
-                let entry = entry.get_or_insert_with(|| {
-                    ingest.reset_entry(ResetReason::UpstreamGap, Instant::now())
-                });
-                topic.push(entry.clone());
+                let entry = entry
+                    .get_or_insert_with(|| {
+                        ingest.reset_entry(ResetReason::UpstreamGap, inner.clock.now())
+                    })
+                    .clone();
+                ingest.budget.push(&topic, entry, &mut graveyard);
                 woken.push(topic);
             }
+            inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
             inner.watermark.store(ingest.seq, Ordering::Release);
         }
+        graveyard.bury();
         for topic in woken {
             topic.notify.notify_waiters();
         }
@@ -170,9 +243,11 @@ impl Hub {
 
     /// Registers a publish through this gateway: the returned receiver gets the sequence
     /// its message (carrying `marker`) is stored under, when it comes back from upstream.
-    pub fn expect_publish(&self, marker: u64) -> PublishWaiter {
+    /// Its delivery latency is measured from `started`, when the message was handed to
+    /// the bus.
+    pub fn expect_publish(&self, marker: u64, started: Instant) -> PublishWaiter {
         let (tx, rx) = oneshot::channel();
-        self.inner.publishes.lock().insert(marker, tx);
+        self.inner.publishes.lock().insert(marker, (tx, started));
         PublishWaiter {
             hub: self.clone(),
             marker,
@@ -181,7 +256,7 @@ impl Hub {
     }
 
     fn published(&self, marker: u64, seq: u64) {
-        if let Some(tx) = self.inner.publishes.lock().remove(&marker) {
+        if let Some((tx, _)) = self.inner.publishes.lock().remove(&marker) {
             let _ = tx.send(seq);
         }
     }
@@ -189,18 +264,20 @@ impl Hub {
     /// Embedded mode: stores a message published to this process directly, creating the
     /// topic if needed (it then lingers like any topic, so a client resuming soon after
     /// still gets the message). Returns what happened and, when stored, the event id.
-    pub fn publish_local(&self, topic: &TopicName, msg: Incoming) -> (Ingested, Option<String>) {
-        let held = match self.acquire_for_publish(topic) {
-            Ok(t) => t,
-            Err(_) => return (Ingested::NoSuchTopic, None),
-        };
+    /// Creating the topic counts against `max_topics`.
+    pub fn publish_local(
+        &self,
+        topic: &TopicName,
+        msg: Incoming,
+    ) -> Result<(Ingested, Option<String>), SubscribeError> {
+        let held = self.acquire_for_publish(topic)?;
         let outcome = self.ingest(topic, msg);
         held.release();
         let id = match outcome {
             Ingested::Stored(seq) => Some(self.event_id(seq)),
             _ => None,
         };
-        (outcome, id)
+        Ok((outcome, id))
     }
 
     /// The event id of sequence `seq` in this hub's epoch.
@@ -215,6 +292,7 @@ impl Hub {
     /// it; resumes older than it are replayed from the log.
     pub fn start_log(&self, epoch: Epoch, last_seq: u64) {
         let inner = &self.inner;
+        let mut graveyard = Graveyard::take();
         {
             let mut ingest = inner.ingest.lock();
             let changed = *inner.epoch.read() != epoch;
@@ -223,16 +301,41 @@ impl Hub {
                 ingest.ids = IdFormatter::new(&epoch);
                 *inner.epoch.write() = epoch;
                 for topic in self.all_topics() {
-                    topic.restart_ring(last_seq);
+                    ingest.budget.clear(&topic, last_seq, &mut graveyard);
                 }
+                inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
             }
             if changed || last_seq > ingest.seq {
                 ingest.seq = last_seq;
                 inner.watermark.store(last_seq, Ordering::Release);
             }
         }
+        graveyard.bury();
         inner.log_started.store(true, Ordering::Release);
         inner.readiness.send_modify(|v| *v += 1);
+    }
+
+    /// Forgets the rings of topics the hub let go: their bytes leave the budget now, and
+    /// a message still on its way to one of them is not stored.
+    pub(crate) fn retire(&self, topics: &[Arc<Topic>]) {
+        let mut graveyard = Graveyard::take();
+        {
+            let mut ingest = self.inner.ingest.lock();
+            for topic in topics {
+                topic.retired.store(true, Ordering::Release);
+                ingest.budget.clear(topic, 0, &mut graveyard);
+            }
+            self.inner
+                .metrics
+                .ring_bytes
+                .set(gauge(ingest.budget.total()));
+        }
+        graveyard.bury();
+    }
+
+    /// Encoded bytes held by all rings (`sse_ring_bytes`).
+    pub fn ring_bytes(&self) -> u64 {
+        self.inner.ingest.lock().budget.total()
     }
 
     /// Durable mode: the message at log position `seq`, published on `subject` (a topic
@@ -241,26 +344,38 @@ impl Hub {
     pub fn ingest_logged(&self, subject: &str, seq: u64, msg: Incoming) -> Ingested {
         let inner = &self.inner;
         inner.metrics.upstream_messages.inc();
-        let valid = self.validate(&msg);
         let topics = inner.topics.lock().matching(subject);
+        let body = match self.validate(&msg) {
+            Err(outcome) => Err(outcome),
+            Ok(_) if topics.is_empty() => Err(Ingested::NoSuchTopic),
+            Ok(data) => self
+                .prepare(subject, &msg, data, seq)
+                .map(|body| (body, data))
+                .ok_or(Ingested::TooLarge),
+        };
+        let mut graveyard = Graveyard::take();
         let mut ingest = inner.ingest.lock();
         if seq <= ingest.seq {
             // Already seen (a consumer redelivered after recovering).
             return Ingested::NoSuchTopic;
         }
         ingest.seq = seq;
-        let outcome = match valid {
+        let outcome = match body {
             Err(outcome) => outcome,
-            Ok(_) if topics.is_empty() => Ingested::NoSuchTopic,
-            Ok(data) => {
-                let frame = encode_event(&mut ingest.ids, seq, msg.event_type.as_deref(), data);
+            Ok((body, data)) => {
+                let frame = body.frame(&mut ingest.ids, seq, &msg, data);
                 for topic in &topics {
-                    topic.push(Entry {
+                    if topic.retired.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    let entry = Entry {
                         seq,
                         frame: frame.clone(),
-                        received: msg.received,
-                    });
+                        received: inner.clock.nanos(msg.received),
+                    };
+                    ingest.budget.push(topic, entry, &mut graveyard);
                 }
+                inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
                 Ingested::Stored(seq)
             }
         };
@@ -268,6 +383,7 @@ impl Hub {
         // them and resumes from them are exact.
         inner.watermark.store(seq, Ordering::Release);
         drop(ingest);
+        graveyard.bury();
         if let Ingested::Stored(_) = outcome {
             for topic in &topics {
                 topic.notify.notify_waiters();
@@ -309,8 +425,147 @@ pub(crate) fn encode_event(
     frame.freeze()
 }
 
+/// Length of `id: <epoch>-<seq>\n` for an epoch of `epoch_len` bytes.
+fn id_line_len(epoch_len: usize, seq: u64) -> usize {
+    "id: ".len() + epoch_len + 1 + decimal_digits(seq) + 1
+}
+
+fn decimal_digits(mut n: u64) -> usize {
+    let mut digits = 1;
+    while n >= 10 {
+        n /= 10;
+        digits += 1;
+    }
+    digits
+}
+
+/// The longest `id:` line: the longest epoch, `-`, the longest sequence.
+const MAX_ID_LINE: usize = "id: ".len() + crate::id::MAX_EPOCH_LEN + 1 + 20 + 1;
+
+/// Frames from this size up are encoded before the ingest lock is taken, smaller ones
+/// under it (encoding a few hundred bytes costs less than numbering a frame afterwards).
+const ENCODE_BEFORE_LOCK: usize = 16 * 1024;
+
+/// A message's frame, ready to be numbered under the ingest lock.
+enum Prepared {
+    /// Encoded under the lock; `body` bytes after the id line.
+    Small { body: usize },
+    /// Encoded already.
+    Large(Unnumbered),
+}
+
+impl Prepared {
+    /// The frame of sequence `seq`.
+    fn frame(self, ids: &mut IdFormatter, seq: u64, msg: &Incoming, data: &str) -> Bytes {
+        match self {
+            Self::Small { body } => {
+                let id = ids.format(seq);
+                let mut frame = BytesMut::with_capacity("id: ".len() + id.len() + 1 + body);
+                sse_framing::encode_event(&mut frame, Some(id), msg.event_type.as_deref(), data);
+                frame.freeze()
+            }
+            Self::Large(unnumbered) => unnumbered.number(ids, seq),
+        }
+    }
+}
+
+/// An event frame encoded before its sequence is known (outside the ingest lock):
+/// everything after the `id:` line, with room in front for that line sized for the
+/// expected sequence. Numbering it under the lock writes a few bytes.
+struct Unnumbered {
+    buf: BytesMut,
+    room: usize,
+}
+
+impl Unnumbered {
+    /// `len` is `encoded_event_len(None, event, data)`.
+    fn encode(
+        epoch_len: usize,
+        seq_hint: u64,
+        len: usize,
+        event: Option<&str>,
+        data: &str,
+    ) -> Self {
+        let room = id_line_len(epoch_len, seq_hint);
+        let mut buf = BytesMut::with_capacity(room + len);
+        buf.resize(room, 0);
+        sse_framing::encode_event(&mut buf, None, event, data);
+        Self { buf, room }
+    }
+
+    /// The frame with `id: <epoch>-<seq>` in front. `encode_event` writes the id line
+    /// first, so this is byte for byte what encoding with the id gives.
+    fn number(self, ids: &mut IdFormatter, seq: u64) -> Bytes {
+        let Self { mut buf, room } = self;
+        let id = ids.format(seq);
+        let line = "id: ".len() + id.len() + 1;
+        if line > room {
+            // The sequence grew a digit (or the epoch changed) since the hint: rare.
+            let mut frame = BytesMut::with_capacity(line + buf.len() - room);
+            frame.extend_from_slice(b"id: ");
+            frame.extend_from_slice(id.as_bytes());
+            frame.extend_from_slice(b"\n");
+            frame.extend_from_slice(&buf[room..]);
+            return frame.freeze();
+        }
+        let start = room - line;
+        buf[start..start + 4].copy_from_slice(b"id: ");
+        buf[start + 4..room - 1].copy_from_slice(id.as_bytes());
+        buf[room - 1] = b'\n';
+        buf.advance(start);
+        buf.freeze()
+    }
+}
+
+/// Frames evicted under the ingest lock, freed once it is released. A per-thread
+/// vector, reused: the bus's read loop ingests on one thread.
+struct Graveyard(Vec<Bytes>);
+
+thread_local! {
+    static GRAVEYARD: std::cell::Cell<Vec<Bytes>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Graveyard {
+    fn take() -> Self {
+        Self(GRAVEYARD.take())
+    }
+
+    /// Drops the frames (outside the lock) and gives the vector back to the thread.
+    fn bury(self) {
+        drop(self);
+    }
+}
+
+impl std::ops::Deref for Graveyard {
+    type Target = Vec<Bytes>;
+    fn deref(&self) -> &Vec<Bytes> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Graveyard {
+    fn deref_mut(&mut self) -> &mut Vec<Bytes> {
+        &mut self.0
+    }
+}
+
+impl Drop for Graveyard {
+    fn drop(&mut self) {
+        let mut frames = std::mem::take(&mut self.0);
+        frames.clear();
+        if frames.capacity() <= 1024 {
+            GRAVEYARD.set(frames);
+        }
+    }
+}
+
+/// A byte count as a gauge value.
+fn gauge(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
 impl IngestState {
-    fn reset_entry(&mut self, reason: ResetReason, received: Instant) -> Entry {
+    fn reset_entry(&mut self, reason: ResetReason, received: u64) -> Entry {
         self.seq += 1;
         let seq = self.seq;
         Entry {
@@ -351,5 +606,26 @@ impl PublishWaiter {
 impl Drop for PublishWaiter {
     fn drop(&mut self) {
         self.hub.inner.publishes.lock().remove(&self.marker);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_frame_numbered_after_encoding_is_the_frame_encoded_with_its_id() {
+        let epoch = Epoch::new("k3j9").unwrap();
+        let data = "line one\r\nline two\n".repeat(2000);
+        for (hint, seq) in [(42, 42), (99, 100), (1000, 7), (1, u64::MAX)] {
+            let mut ids = IdFormatter::new(&epoch);
+            let body = sse_framing::encoded_event_len(None, Some("kind"), &data);
+            let unnumbered =
+                Unnumbered::encode(epoch.as_str().len(), hint, body, Some("kind"), &data);
+            let numbered = unnumbered.number(&mut ids, seq);
+            let direct = encode_event(&mut ids, seq, Some("kind"), &data);
+            assert_eq!(numbered, direct, "hint {hint}, seq {seq}");
+        }
     }
 }

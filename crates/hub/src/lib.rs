@@ -4,7 +4,8 @@
 //! hub sequence, encoded ONCE into an SSE frame (`id:`, optional `event:`, `data:`
 //! lines) and pushed into its topic's ring, a bounded run of recent frames shared by
 //! every stream of the topic. A stream is a [`Subscription`] (one cursor per topic) served
-//! by [`serve`], which copies frames from the rings straight into its socket writes. The
+//! by [`serve`], which copies frames from the rings into its socket writes (and, while
+//! a socket is full, keeps references to the frames it still owes, not copies). The
 //! hub knows neither NATS nor HTTP: the bus adapter calls `ingest`, `set_connected` and
 //! `upstream_ready`, and follows [`Hub::take_demand_changes`] to (un)subscribe upstream;
 //! the gateway hands `serve` a byte stream.
@@ -18,8 +19,7 @@
 //!         replay_window: 16,
 //!         client_buffer: 8,
 //!         topic_linger: Duration::from_secs(30),
-//!         max_subscribers_per_topic: 1000,
-//!         durable: false,
+//!         ..HubConfig::default()
 //!     },
 //!     Epoch::new("doc").unwrap(),
 //!     HubMetrics::unregistered(),
@@ -47,18 +47,38 @@
 //!
 //! ## Slow subscribers
 //! Nothing is queued per subscriber: the ring is shared, and a subscriber's backlog is its
-//! distance behind the ring's head. While its socket is full, a subscriber more than
-//! `client_buffer` frames behind is cut and its unsent frames are counted as dropped; a
-//! socket that accepts nothing for `write_timeout` is cut too. Publishing never waits for
-//! a subscriber.
+//! distance behind the ring's head, in frames and in encoded bytes, plus what its socket
+//! has not taken of the last batch — held as references to the rings' frames, never as a
+//! copy. While its socket is full, a subscriber more than `client_buffer` frames or
+//! `client_buffer_bytes` bytes behind is cut and its unsent frames are counted as
+//! dropped; a socket that accepts nothing for `write_timeout` is cut too. A subscriber
+//! whose unread frames left the ring (the budgets evicted them) is cut the same way.
+//! Publishing never waits for a subscriber.
 //!
 //! ## Replay window
-//! A ring holds `max(replay_window, client_buffer)` frames. A `Last-Event-ID` is honoured
-//! when every frame after it, on every topic of the stream, is among the newest
-//! `replay_window` frames of its ring; the stream then gets exactly those frames, in
-//! order, then live ones. Otherwise the stream starts with one `gateway.reset` frame
-//! (`history_expired`, `unknown_id` or `malformed_id`) and goes live — never a silent gap.
-//! A topic created now knows nothing of the past, so resuming on it is `history_expired`.
+//! A ring holds at most `max(replay_window, client_buffer)` frames and `replay_bytes`
+//! encoded bytes; all rings together at most `max_ring_bytes` (the oldest frames across
+//! topics go first). A `Last-Event-ID` is honoured when every frame after it, on every
+//! topic of the stream, is still held and among the newest `replay_window` frames of its
+//! ring; the stream then gets exactly those frames, in order, then live ones. Otherwise
+//! the stream starts with one `gateway.reset` frame (`history_expired`, `unknown_id` or
+//! `malformed_id`) and goes live — never a silent gap. A topic created now knows nothing
+//! of the past, so resuming on it is `history_expired`.
+//!
+//! ## Memory
+//! Whatever is published and however clients read, the hub holds at most
+//! `max_ring_bytes` of frames in its rings, and a stream at most `client_buffer_bytes`
+//! behind (the frames it still owes are the rings' own, shared by every stream that owes
+//! them), so a process serving `n` streams stays under
+//! `max_ring_bytes + client_buffer_bytes × n` plus a fixed base (SPEC §10). Sizes are
+//! encoded sizes. A message whose frame is larger than [`HubConfig::max_frame_bytes`] is
+//! dropped at ingest ([`Ingested::TooLarge`]; see [`Hub::check_frame_size`]). At most
+//! `max_topics` topics are active.
+//!
+//! ## Delivery latency
+//! Every delivered event is one observation of [`HubMetrics::delivery_latency`], made when
+//! its last byte is taken by the socket, counting from [`Incoming::received`] (or, for a
+//! publish through this gateway, from [`Hub::expect_publish`]'s start).
 //!
 //! ## Upstream gaps
 //! When the upstream connection drops, every active topic gets one `gateway.reset`
@@ -69,10 +89,14 @@
 //! ## Closing
 //! [`Hub::close`] asks every writer to send a final `retry:` and end its stream.
 
+mod budget;
+mod clock;
+mod histogram;
 mod hub;
 mod id;
 mod ingest;
 mod metrics;
+mod owed;
 mod replay;
 mod ring;
 mod subscription;
@@ -82,7 +106,10 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use hub::{Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError};
+pub use histogram::{HistogramError, Local, MAX_BUCKETS, ShardedHistogram};
+pub use hub::{
+    FrameTooLarge, Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError,
+};
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
 pub use ingest::PublishWaiter;
 pub use metrics::HubMetrics;

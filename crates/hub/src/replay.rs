@@ -103,4 +103,9 @@ impl ReplaySink {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Resolves when the stream is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
 }

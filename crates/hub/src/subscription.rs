@@ -1,5 +1,25 @@
 //! A stream's view of the hub: one cursor per topic, drained in sequence order.
+//!
+//! ## Locks
+//! A drain never holds a ring's read lock across a large copy, so a topic's readers
+//! cannot stall ingest into it (and, through the ingest lock, into every topic). Under
+//! one hold it copies at most [`HOLD_COPY`] bytes of frames into the caller's buffer,
+//! then lets go and takes the lock again for the next ones; a frame larger than that is
+//! not copied under the lock: its handle is cloned (one reference count) and it is
+//! copied after the lock is released. Small frames are copied rather than cloned because
+//! a copy of a few hundred bytes costs less than a reference count shared by every
+//! reader of the frame, which bounces its cache line between cores and allocates the
+//! count on a frame's first clone (measured: see `docs/architecture.md`). A stream over
+//! several topics clones the handles of its candidates, sorts them in a per-thread
+//! buffer and copies after the locks are released.
+//!
+//! Alongside the bytes a drain records, per frame, when it was received and its length
+//! (16 bytes), and once where its frames are (a single topic's are consecutive ring
+//! positions), so that a writer can count each event when its last byte is written and,
+//! when the socket takes only part of a batch, keep handles to the unwritten frames
+//! ([`Subscription::handles`]) instead of a copy.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,15 +38,19 @@ use crate::topic::TopicName;
 /// One topic of a subscription and how far this stream has read it.
 pub(crate) struct Cursor {
     topic: Arc<Topic>,
+    /// Ring position of the next frame to read.
     pos: u64,
+    /// Ring byte offset of the next frame to read.
+    offset: u64,
     waiter: Option<Pin<Box<OwnedNotified>>>,
 }
 
 impl Cursor {
-    pub(crate) fn new(topic: Arc<Topic>, pos: u64) -> Self {
+    pub(crate) fn new(topic: Arc<Topic>, pos: u64, offset: u64) -> Self {
         Self {
             topic,
             pos,
+            offset,
             waiter: None,
         }
     }
@@ -37,15 +61,89 @@ impl Cursor {
             .load(Ordering::Acquire)
             .saturating_sub(self.pos)
     }
+
+    fn pending_bytes(&self) -> u64 {
+        self.topic
+            .head_bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(self.offset)
+    }
 }
 
-/// What one [`Subscription::drain_into`] call appended.
+/// The frames of one drain, in the order their bytes were appended to the caller's
+/// buffer. Reused by the caller: a drain allocates nothing once it is warm.
+#[derive(Debug, Default)]
+pub(crate) struct Frames {
+    /// Per frame: when it was received and its length.
+    pub marks: Vec<Mark>,
+    /// A handle per frame when the drain kept them (merged drains, replays); empty
+    /// otherwise, and the frames are then consecutive positions of one ring.
+    handles: Vec<Bytes>,
+    /// When `handles` is empty: the cursor and ring position of the first frame.
+    first: (u32, u64),
+}
+
+/// One frame of a drain.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Mark {
+    /// When its message reached the gateway (or was published, when known), on the
+    /// hub's clock.
+    pub received: u64,
+    /// Its encoded length.
+    pub len: usize,
+}
+
+impl Frames {
+    /// No frames.
+    pub const fn new() -> Self {
+        Self {
+            marks: Vec::new(),
+            handles: Vec::new(),
+            first: (0, 0),
+        }
+    }
+
+    /// Forgets the frames (and gives memory back when it grew large).
+    pub fn clear(&mut self) {
+        self.marks.clear();
+        self.handles.clear();
+        if self.marks.capacity() > MAX_KEPT {
+            *self = Self::default();
+        }
+    }
+
+    fn push(&mut self, received: u64, len: usize) {
+        self.marks.push(Mark { received, len });
+    }
+}
+
+/// A frame considered by a merged drain.
+struct Candidate {
+    seq: u64,
+    cursor: u32,
+    received: u64,
+    frame: Bytes,
+}
+
+thread_local! {
+    /// Per worker thread: the candidates of merged drains, reused (no allocation per
+    /// drain once warm).
+    static CANDIDATES: RefCell<Vec<Candidate>> = const { RefCell::new(Vec::new()) };
+    /// Per thread: the frame list of [`Subscription::drain_into`].
+    static FRAMES: RefCell<Frames> = const { RefCell::new(Frames::new()) };
+}
+
+/// A per-thread buffer is given back when it grew past this many entries.
+const MAX_KEPT: usize = 64 * 1024;
+
+/// Bytes a drain copies under one hold of a ring's read lock.
+pub(crate) const HOLD_COPY: usize = 64 * 1024;
+
+/// What one drain ([`Subscription::drain_into`]) appended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Drained {
     /// Frames appended.
     pub frames: usize,
-    /// When the oldest appended frame reached the gateway.
-    pub oldest: Option<Instant>,
     /// Frames that left the ring before this stream read them: the stream is broken and
     /// must be cut.
     pub lost: u64,
@@ -149,8 +247,13 @@ impl Subscription {
         self.cursors.iter().map(Cursor::pending).sum()
     }
 
+    /// Encoded bytes published to this stream's topics and not yet drained.
+    pub fn backlog_bytes(&self) -> u64 {
+        self.cursors.iter().map(Cursor::pending_bytes).sum()
+    }
+
     /// Appends the next frames, oldest first, until `max_frames` frames or `max_bytes`
-    /// bytes (at least one frame fits regardless) have been appended.
+    /// bytes have been appended (at least one frame regardless of its size).
     ///
     /// A stream over several topics gets their frames merged in sequence order, and a
     /// frame shared by several topics (one reset for one upstream gap) once.
@@ -160,20 +263,78 @@ impl Subscription {
         max_frames: usize,
         max_bytes: usize,
     ) -> Drained {
+        FRAMES.with(|frames| {
+            let Ok(mut frames) = frames.try_borrow_mut() else {
+                return self.drain_batch(out, &mut Frames::default(), max_frames, max_bytes);
+            };
+            let drained = self.drain_batch(out, &mut frames, max_frames, max_bytes);
+            frames.clear();
+            drained
+        })
+    }
+
+    /// Like [`Subscription::drain_into`], and records the appended frames in `frames`
+    /// (empty on entry).
+    pub(crate) fn drain_batch(
+        &mut self,
+        out: &mut BytesMut,
+        frames: &mut Frames,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Drained {
+        debug_assert!(frames.marks.is_empty() && frames.handles.is_empty());
         if self.replay.is_some() {
-            let drained = self.drain_replay(out, max_frames, max_bytes);
+            let drained = self.drain_replay(out, frames, max_frames, max_bytes);
             if self.replay.is_some() || drained.frames > 0 {
                 return drained;
             }
         }
         let skip = self.skip_through;
-        match self.cursors.as_mut_slice() {
-            [] => Drained::default(),
-            [one] => drain_one(one, skip, out, max_frames, max_bytes),
+        let mut batch = Batch {
+            out,
+            list: frames,
+            max_frames,
+            max_bytes,
+            frames: 0,
+            bytes: 0,
+        };
+        let lost = match self.cursors.as_mut_slice() {
+            [] => 0,
+            [one] => drain_one(one, skip, &mut batch),
             many => {
                 let watermark = self.hub.inner.watermark.load(Ordering::Acquire);
-                drain_merged(many, watermark, skip, out, max_frames, max_bytes)
+                drain_merged(many, watermark, skip, &mut batch)
             }
+        };
+        Drained {
+            frames: batch.frames,
+            lost,
+        }
+    }
+
+    /// Calls `each` with a handle to every frame of `frames` from index `from` on (the
+    /// socket took only part of a batch: the rest is kept as references), `None` for a
+    /// frame evicted from its ring meanwhile.
+    pub(crate) fn handles(
+        &self,
+        frames: &Frames,
+        from: usize,
+        mut each: impl FnMut(usize, Option<Bytes>),
+    ) {
+        let n = frames.marks.len();
+        if !frames.handles.is_empty() {
+            for i in from..n {
+                each(i, frames.handles.get(i).cloned());
+            }
+            return;
+        }
+        let (cursor, first) = frames.first;
+        let Some(c) = self.cursors.get(cursor as usize) else {
+            return;
+        };
+        let ring = c.topic.ring.read();
+        for i in from..n {
+            each(i, ring.get(first + i as u64).map(|e| e.frame.clone()));
         }
     }
 
@@ -244,14 +405,19 @@ impl Subscription {
 
 impl Subscription {
     /// Frames from the replay in progress; ends the replay when its sender is done.
-    fn drain_replay(&mut self, out: &mut BytesMut, max_frames: usize, max_bytes: usize) -> Drained {
+    fn drain_replay(
+        &mut self,
+        out: &mut BytesMut,
+        frames: &mut Frames,
+        max_frames: usize,
+        max_bytes: usize,
+    ) -> Drained {
         let mut drained = Drained::default();
-        let start = out.len();
+        let mut bytes = 0;
         let Some(replay) = self.replay.as_mut() else {
             return drained;
         };
-        while drained.frames < max_frames && (drained.frames == 0 || out.len() - start < max_bytes)
-        {
+        while drained.frames < max_frames && (drained.frames == 0 || bytes < max_bytes) {
             let item = match replay.peeked.take() {
                 Some(item) => item,
                 None => match replay.rx.try_recv() {
@@ -266,23 +432,27 @@ impl Subscription {
             let frame = match item {
                 ReplayItem::Message { seq, msg } => {
                     let frame = self.hub.encode_logged(seq, &msg);
-                    drained.oldest.get_or_insert(msg.received);
                     if frame.is_some() {
                         self.replayed += 1;
                         self.hub.metrics().replayed_events.inc();
                     }
-                    frame
+                    frame.map(|bytes| (bytes, msg.received))
                 }
-                ReplayItem::Reset { reason, seq } => Some(self.hub.reset_frame(seq, reason)),
+                ReplayItem::Reset { reason, seq } => {
+                    Some((self.hub.reset_frame(seq, reason), Instant::now()))
+                }
                 ReplayItem::Done { after } => {
                     self.skip_through = after;
                     self.replay = None;
                     return drained;
                 }
             };
-            if let Some(frame) = frame {
-                out.extend_from_slice(&frame);
+            if let Some((frame, received)) = frame {
+                bytes += frame.len();
                 drained.frames += 1;
+                out.extend_from_slice(&frame);
+                frames.push(self.hub.inner.clock.nanos(received), frame.len());
+                frames.handles.push(frame);
             }
         }
         drained
@@ -297,88 +467,191 @@ impl Drop for Subscription {
     }
 }
 
-fn drain_one(
-    c: &mut Cursor,
-    skip: u64,
-    out: &mut BytesMut,
-    max_frames: usize,
-    max_bytes: usize,
-) -> Drained {
-    let ring = c.topic.ring.read();
-    let mut drained = Drained {
-        lost: ring.start_pos().saturating_sub(c.pos),
-        ..Drained::default()
-    };
-    if drained.lost > 0 {
-        return drained;
-    }
-    let start = out.len();
-    let mut advanced = 0;
-    for entry in ring.iter_from(c.pos) {
-        if drained.frames == max_frames || (drained.frames > 0 && out.len() - start >= max_bytes) {
-            break;
-        }
-        advanced += 1;
-        if entry.seq <= skip {
-            continue;
-        }
-        out.extend_from_slice(&entry.frame);
-        drained.oldest.get_or_insert(entry.received);
-        drained.frames += 1;
-    }
-    c.pos += advanced;
-    drained
+/// Whether a drain that has taken `frames` frames of `bytes` bytes may take one more of
+/// `len` bytes: at most `max_frames` and `max_bytes`, but always at least one frame.
+fn room_for(frames: usize, bytes: usize, len: usize, max_frames: usize, max_bytes: usize) -> bool {
+    frames == 0 || (frames < max_frames && bytes + len <= max_bytes)
 }
 
-fn drain_merged(
+/// What a drain appends to, and how much it has appended.
+struct Batch<'a> {
+    out: &'a mut BytesMut,
+    list: &'a mut Frames,
+    max_frames: usize,
+    max_bytes: usize,
+    frames: usize,
+    bytes: usize,
+}
+
+impl Batch<'_> {
+    fn has_room(&self, len: usize) -> bool {
+        room_for(
+            self.frames,
+            self.bytes,
+            len,
+            self.max_frames,
+            self.max_bytes,
+        )
+    }
+
+    /// Counts a frame appended (or about to be) to `out`.
+    fn push(&mut self, received: u64, len: usize) {
+        self.frames += 1;
+        self.bytes += len;
+        self.list.push(received, len);
+    }
+}
+
+/// Drains one topic: small frames copied under the lock, at most [`HOLD_COPY`] bytes
+/// per hold; a larger frame by handle, copied after the lock is released. Returns the
+/// frames lost (evicted before this stream read them).
+fn drain_one(c: &mut Cursor, skip: u64, batch: &mut Batch<'_>) -> u64 {
+    loop {
+        // Counters in locals (registers) for the loop, written back after each hold.
+        let (mut pos, mut offset) = (c.pos, c.offset);
+        let (mut frames, mut bytes) = (batch.frames, batch.bytes);
+        let mut copied = 0;
+        let mut large = None;
+        let mut more = false;
+        {
+            let ring = c.topic.ring.read();
+            let lost = ring.start_pos().saturating_sub(pos);
+            if lost > 0 {
+                // Evicted while an earlier hold of this drain copied: hand out what was
+                // taken; the next drain reports the loss.
+                return if frames > 0 { 0 } else { lost };
+            }
+            for entry in ring.iter_from(pos) {
+                let len = entry.frame.len();
+                if !room_for(frames, bytes, len, batch.max_frames, batch.max_bytes) {
+                    break;
+                }
+                if entry.seq > skip {
+                    if copied + len > HOLD_COPY {
+                        if copied > 0 {
+                            // Let ingest in; carry on under a new hold.
+                            more = true;
+                            break;
+                        }
+                        // Too large to copy under the lock: by handle, copied below.
+                        large = Some(entry.frame.clone());
+                    } else {
+                        batch.out.extend_from_slice(&entry.frame);
+                        copied += len;
+                    }
+                    if frames == 0 {
+                        // Frames after the skipped ones are consecutive positions.
+                        batch.list.first = (0, pos);
+                    }
+                    frames += 1;
+                    bytes += len;
+                    batch.list.push(entry.received, len);
+                }
+                pos += 1;
+                offset += len as u64;
+                if large.is_some() {
+                    more = true;
+                    break;
+                }
+            }
+        }
+        (c.pos, c.offset) = (pos, offset);
+        (batch.frames, batch.bytes) = (frames, bytes);
+        if let Some(frame) = large {
+            batch.out.extend_from_slice(&frame);
+        }
+        if !more {
+            return 0;
+        }
+    }
+}
+
+fn drain_merged(cursors: &mut [Cursor], watermark: u64, skip: u64, batch: &mut Batch<'_>) -> u64 {
+    CANDIDATES.with(|candidates| match candidates.try_borrow_mut() {
+        Ok(mut candidates) => {
+            let lost = merge(cursors, watermark, skip, &mut candidates, batch);
+            candidates.clear();
+            if candidates.capacity() > MAX_KEPT {
+                *candidates = Vec::new();
+            }
+            lost
+        }
+        // Not reentrant; cannot happen (nothing calls back in between).
+        Err(_) => merge(cursors, watermark, skip, &mut Vec::new(), batch),
+    })
+}
+
+/// Merges the topics' next frames by sequence into `batch`, through `candidates`
+/// (empty on entry, reused across drains): handles are cloned under each ring's lock,
+/// the bytes copied after. Returns the frames lost.
+fn merge(
     cursors: &mut [Cursor],
     watermark: u64,
     skip: u64,
-    out: &mut BytesMut,
-    max_frames: usize,
-    max_bytes: usize,
-) -> Drained {
-    // Gather up to `max_frames` candidates per topic, only up to the watermark: every
-    // frame at or below it is already in its ring, so the merge cannot be overtaken.
-    let mut candidates: Vec<(u64, usize, Bytes, Instant)> = Vec::new();
-    let mut drained = Drained::default();
-    for (index, c) in cursors.iter().enumerate() {
+    candidates: &mut Vec<Candidate>,
+    batch: &mut Batch<'_>,
+) -> u64 {
+    // Gather each topic's next frames, only up to the watermark: every frame at or below
+    // it is already in its ring, so the merge cannot be overtaken. A topic cannot
+    // contribute more than `max_frames` frames or (past its first) `max_bytes` bytes;
+    // where a topic's gathering stopped short, no later sequence of another topic may
+    // be emitted (the horizon), or the stopped topic's next frame would be skipped.
+    let mut lost = 0;
+    let mut horizon = u64::MAX;
+    for (index, c) in (0u32..).zip(cursors.iter()) {
         let ring = c.topic.ring.read();
-        let lost = ring.start_pos().saturating_sub(c.pos);
-        if lost > 0 {
-            drained.lost += lost;
+        let behind = ring.start_pos().saturating_sub(c.pos);
+        if behind > 0 {
+            lost += behind;
             continue;
         }
-        candidates.extend(
-            ring.iter_from(c.pos)
-                .take_while(|e| e.seq <= watermark)
-                .take(max_frames)
-                .map(|e| (e.seq, index, e.frame.clone(), e.received)),
-        );
-    }
-    if drained.lost > 0 {
-        return drained;
-    }
-    candidates.sort_unstable_by_key(|&(seq, index, ..)| (seq, index));
-    let start = out.len();
-    let mut last_seq = None;
-    for (seq, index, frame, received) in candidates {
-        if seq <= skip {
-            cursors[index].pos += 1;
-            continue;
-        }
-        if last_seq != Some(seq) {
-            if drained.frames == max_frames
-                || (drained.frames > 0 && out.len() - start >= max_bytes)
-            {
+        let (mut frames, mut bytes) = (0, 0);
+        for entry in ring.iter_from(c.pos) {
+            let len = entry.frame.len();
+            if entry.seq > watermark {
                 break;
             }
-            out.extend_from_slice(&frame);
-            drained.oldest = Some(drained.oldest.map_or(received, |o| o.min(received)));
-            drained.frames += 1;
-            last_seq = Some(seq);
+            if !room_for(frames, bytes, len, batch.max_frames, batch.max_bytes) {
+                horizon = horizon.min(entry.seq);
+                break;
+            }
+            frames += 1;
+            bytes += len;
+            candidates.push(Candidate {
+                seq: entry.seq,
+                cursor: index,
+                received: entry.received,
+                frame: entry.frame.clone(),
+            });
         }
-        cursors[index].pos += 1;
     }
-    drained
+    if lost > 0 {
+        return lost;
+    }
+    candidates.sort_unstable_by_key(|c| (c.seq, c.cursor));
+    let mut last_seq = None;
+    for candidate in candidates.drain(..) {
+        if candidate.seq >= horizon {
+            break;
+        }
+        let len = candidate.frame.len();
+        let cursor = &mut cursors[candidate.cursor as usize];
+        if candidate.seq <= skip {
+            cursor.pos += 1;
+            cursor.offset += len as u64;
+            continue;
+        }
+        if last_seq != Some(candidate.seq) {
+            if !batch.has_room(len) {
+                break;
+            }
+            batch.out.extend_from_slice(&candidate.frame);
+            batch.push(candidate.received, len);
+            batch.list.handles.push(candidate.frame);
+            last_seq = Some(candidate.seq);
+        }
+        cursor.pos += 1;
+        cursor.offset += len as u64;
+    }
+    0
 }

@@ -8,10 +8,19 @@
 //! ## Slow clients
 //!
 //! Frames are not queued per client: a client's backlog is its distance behind the
-//! topic's ring. A client whose socket is full (a write is pending) while it is more than
-//! `client_buffer` frames behind is cut and its unsent frames counted as dropped; a client
-//! whose socket accepts nothing for `write_timeout` is cut too. A client that is merely
-//! scheduled late, with a socket that still accepts data, catches up in large writes.
+//! topic's ring, plus what it owes its socket from a batch the socket took only part of
+//! (held as references to the ring's frames, see [`crate::owed`]). A client whose socket
+//! is full (a write is pending) while it is more than `client_buffer` frames or more than
+//! `client_buffer_bytes` bytes behind is cut and its unsent frames counted as dropped; a
+//! client whose socket accepts nothing for `write_timeout` is cut too. A client that is
+//! merely scheduled late, with a socket that still accepts data, catches up in large
+//! writes.
+//!
+//! ## Delivery
+//!
+//! An event counts as sent (`events_sent`, one latency observation) when its last byte
+//! is taken by the socket: the batch's frames at once in the common case, each owed
+//! frame when its write completes otherwise.
 
 use std::future::Future;
 use std::io;
@@ -19,11 +28,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::subscription::Subscription;
+use crate::owed::Owed;
+use crate::subscription::{Frames, Subscription};
 
 /// How the body bytes are framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +56,13 @@ pub struct WriterConfig {
     pub write_timeout: Duration,
     /// Frames a client may be behind while its socket is full.
     pub client_buffer: usize,
+    /// Bytes a client may be behind while its socket is full (owed to its socket and
+    /// still in the rings after its cursors).
+    pub client_buffer_bytes: usize,
     /// Upper bound on one coalesced write, in frames (at most `client_buffer` is used).
     pub max_write_frames: usize,
-    /// Upper bound on one coalesced write, in bytes (at least one frame is written).
+    /// Upper bound on one coalesced write, in bytes (at least one frame is written;
+    /// `client_buffer_bytes` at most is used).
     pub max_write_bytes: usize,
     /// When the hub closes, each stream ends at a random moment within this, so that
     /// its clients do not all reconnect at once; until then it keeps streaming.
@@ -65,7 +79,8 @@ pub enum StreamEnd {
     ClientClosed,
     /// The hub closed (shutdown): the stream was ended with a final `retry:`.
     Shutdown,
-    /// The client fell more than `client_buffer` frames behind with a full socket.
+    /// The client fell more than `client_buffer` frames or `client_buffer_bytes` bytes
+    /// behind with a full socket.
     SlowConsumer {
         /// Frames it will not get.
         dropped: u64,
@@ -99,10 +114,21 @@ const MAX_ROUNDS: usize = 32;
 const CHUNK_HEADER_ROOM: usize = 10;
 /// A worker thread's scratch buffer is given back when it grew past this.
 const MAX_SCRATCH: usize = 4 * 1024 * 1024;
+/// Owed bytes copied into the scratch per write (when the socket has no vectored write).
+const OWED_COPY: usize = 64 * 1024;
+/// Owed segments per vectored write.
+const OWED_SLICES: usize = 64;
+/// A chunk's end.
+const CRLF: &[u8] = b"\r\n";
+/// A heartbeat comment as one chunk, and as it is without chunking.
+const HEARTBEAT_CHUNKED: &[u8] = b"d\r\n: heartbeat\n\n\r\n";
+const HEARTBEAT_RAW: &[u8] = b": heartbeat\n\n";
 
 thread_local! {
     /// Per worker thread: batches are built here and written straight from it.
     static SCRATCH: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+    /// Per worker thread: the frames of the batch being written.
+    static BATCH: std::cell::RefCell<Frames> = const { std::cell::RefCell::new(Frames::new()) };
 }
 
 /// Serves one stream until it ends: writes `head` (e.g. an HTTP response head) and the
@@ -132,16 +158,13 @@ enum Phase {
     Closing,
 }
 
-struct Writer<'c, S> {
+pub(crate) struct Writer<'c, S> {
     io: S,
     sub: Subscription,
     framing: BodyFraming,
     config: &'c WriterConfig,
-    /// Bytes handed to us but not yet to the socket.
-    out: BytesMut,
-    /// Event frames in `out`, and when the oldest of them arrived.
-    out_frames: usize,
-    out_oldest: Option<Instant>,
+    /// What the socket has not taken yet, as references.
+    owed: Owed,
     timer: Pin<Box<Sleep>>,
     /// The timer holds this task's waker for its current deadline.
     timer_registered: bool,
@@ -154,16 +177,19 @@ struct Writer<'c, S> {
 }
 
 impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
-    fn new(io: S, sub: Subscription, framing: BodyFraming, config: &'c WriterConfig) -> Self {
+    pub(crate) fn new(
+        io: S,
+        sub: Subscription,
+        framing: BodyFraming,
+        config: &'c WriterConfig,
+    ) -> Self {
         let now = Instant::now();
         Self {
             io,
             sub,
             framing,
             config,
-            out: BytesMut::new(),
-            out_frames: 0,
-            out_oldest: None,
+            owed: Owed::default(),
             timer: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
             timer_registered: false,
             last_write: now,
@@ -175,24 +201,25 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
     }
 
-    /// Queues the head, the opening `retry:` + comment, and a reset frame if one is owed.
-    fn open(&mut self, head: &[u8]) {
+    /// Queues the head, the opening `retry:` + comment, and a reset frame if one is owed,
+    /// as one piece (one write).
+    pub(crate) fn open(&mut self, head: &[u8]) {
         let mut body = BytesMut::with_capacity(64);
         sse_framing::encode_retry(&mut body, millis(self.config.retry));
         sse_framing::encode_comment(&mut body, "connected");
         body.extend_from_slice(b"\n");
-        if let Some(reset) = self.sub.take_reset() {
-            body.extend_from_slice(&reset);
-            self.out_frames += 1;
-            self.out_oldest = Some(Instant::now());
+        let reset = self.sub.take_reset();
+        if let Some(reset) = &reset {
+            body.extend_from_slice(reset);
         }
-        self.out
-            .reserve(head.len() + body.len() + CHUNK_HEADER_ROOM + 2);
-        self.out.extend_from_slice(head);
-        self.push_chunk(&body);
+        let mut opening = BytesMut::with_capacity(head.len() + body.len() + CHUNK_HEADER_ROOM + 2);
+        opening.extend_from_slice(head);
+        self.frame_chunk(&mut opening, &body);
+        let event = reset.map(|_| self.sub.hub().inner.clock.now());
+        self.owe(opening.freeze(), event);
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
         // The socket's read side is polled when there is nothing to write (a busy stream
         // learns of a closed client from its next write, which fails at once).
         for _ in 0..MAX_ROUNDS {
@@ -207,7 +234,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             {
                 self.begin_close();
             }
-            match self.poll_flush_out(cx) {
+            match self.poll_write_owed(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
                 Poll::Ready(Ok(())) => {}
                 Poll::Pending => {
@@ -269,18 +296,33 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
     }
 
-    /// Writes `out` until it is empty (Ready) or the socket is full (Pending).
-    fn poll_flush_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.out) {
+    /// Writes what is owed until nothing is (Ready) or the socket is full (Pending).
+    fn poll_write_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.owed.is_empty() {
+            let result = if self.io.is_write_vectored() {
+                let mut slices = [io::IoSlice::new(&[]); OWED_SLICES];
+                let n = self.owed.io_slices(&mut slices);
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n])
+            } else {
+                // Copied into the per-thread scratch at write time, a bounded prefix.
+                let (io, owed) = (&mut self.io, &self.owed);
+                SCRATCH.with(|scratch| {
+                    let Ok(mut buf) = scratch.try_borrow_mut() else {
+                        // Not reentrant; cannot happen (no await, no callback in between).
+                        return Poll::Ready(Err(io::ErrorKind::WouldBlock.into()));
+                    };
+                    buf.clear();
+                    owed.copy_front(&mut buf, OWED_COPY);
+                    Pin::new(io).poll_write(cx, &buf)
+                })
+            };
+            match result {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.out.advance(n);
-                    self.bytes_sent += n as u64;
-                    self.last_write = Instant::now();
-                    self.blocked_since = None;
+                    self.wrote(n);
+                    self.settle_owed(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -290,122 +332,201 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             }
         }
         match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 self.blocked_since.get_or_insert_with(Instant::now);
-                return Poll::Pending;
+                Poll::Pending
             }
         }
-        self.batch_written();
-        Poll::Ready(Ok(()))
     }
 
-    fn batch_written(&mut self) {
-        if self.out_frames > 0 {
-            let metrics = self.sub.hub().metrics();
-            metrics.events_sent.inc_by(self.out_frames as u64);
-            if let Some(oldest) = self.out_oldest.take() {
-                metrics
-                    .delivery_latency
-                    .observe(oldest.elapsed().as_secs_f64());
-            }
-            self.frames_sent += self.out_frames as u64;
-            self.out_frames = 0;
+    /// The socket took `n` bytes.
+    fn wrote(&mut self, n: usize) {
+        self.bytes_sent += n as u64;
+        self.last_write = Instant::now();
+        self.blocked_since = None;
+    }
+
+    /// The socket took `n` owed bytes: what they complete is delivered.
+    fn settle_owed(&mut self, n: usize) {
+        let metrics = self.sub.hub().metrics();
+        metrics.pending_bytes.sub(n as i64);
+        let now = self.sub.hub().inner.clock.now();
+        let mut delivered = 0u64;
+        let owed = &mut self.owed;
+        metrics.delivery_latency.with_local(|latency| {
+            owed.advance(n, |received| {
+                latency.observe_nanos(now.saturating_sub(received));
+                delivered += 1;
+            });
+        });
+        if delivered > 0 {
+            metrics.events_sent.inc_by(delivered);
+            self.frames_sent += delivered;
         }
-        // An idle stream keeps no buffer; a busy one reuses its own.
-        if self.out.capacity() > 4 * self.config.max_write_bytes {
-            self.out = BytesMut::new();
-        }
+    }
+
+    /// Owes `bytes` to the socket, after whatever is owed already.
+    fn owe(&mut self, bytes: Bytes, event: Option<u64>) {
+        self.sub
+            .hub()
+            .metrics()
+            .pending_bytes
+            .add(bytes.len() as i64);
+        self.owed.push(bytes, event);
     }
 
     /// Moves the next frames from the hub into one batch and writes as much of it as the
-    /// socket takes now. The batch is built in a per-thread scratch buffer: a stream keeps
-    /// bytes of its own (`out`) only when its socket is full.
+    /// socket takes now. The batch is built in a per-thread scratch buffer and written
+    /// from there at once; a stream keeps something of its own (references to the
+    /// frames) only when its socket is full.
     fn fill(&mut self, cx: &mut Context<'_>) -> Fill {
-        debug_assert!(self.out.is_empty());
+        debug_assert!(self.owed.is_empty());
         if self.sub.poll_ready(cx).is_pending() {
-            self.out = BytesMut::new();
             return Fill::Idle;
         }
         SCRATCH.with(|scratch| {
-            let Ok(mut buf) = scratch.try_borrow_mut() else {
-                // Not reentrant; cannot happen (no await, no callback in between).
-                return Fill::Idle;
-            };
-            buf.clear();
-            let framed = matches!(self.framing, BodyFraming::Chunked);
-            if framed {
-                buf.extend_from_slice(&[0; CHUNK_HEADER_ROOM]);
-            }
-            let drained = self.sub.drain_into(
-                &mut buf,
-                self.config
-                    .max_write_frames
-                    .min(self.config.client_buffer)
-                    .max(1),
-                self.config.max_write_bytes,
-            );
-            if drained.lost > 0 {
-                // Everything not yet read is lost to this client, the evicted frames included.
-                return Fill::Lost(self.sub.backlog());
-            }
-            if drained.frames == 0 {
-                // Readiness was spurious (or frames above the watermark are still landing).
-                cx.waker().wake_by_ref();
-                return Fill::Idle;
-            }
-            let mut start = 0;
-            if framed {
-                let len = buf.len() - CHUNK_HEADER_ROOM;
-                let header = ChunkHeader::new(len);
-                start = CHUNK_HEADER_ROOM - header.as_bytes().len();
-                buf[start..CHUNK_HEADER_ROOM].copy_from_slice(header.as_bytes());
-                buf.extend_from_slice(b"\r\n");
-            }
-            self.out_frames = drained.frames;
-            self.out_oldest = drained.oldest;
-            let mut written = start;
-            while written < buf.len() {
-                match Pin::new(&mut self.io).poll_write(cx, &buf[written..]) {
-                    Poll::Ready(Ok(0)) => return Fill::Failed(io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => {
-                        written += n;
-                        self.bytes_sent += n as u64;
-                        self.last_write = Instant::now();
-                        self.blocked_since = None;
-                    }
-                    Poll::Ready(Err(e)) => return Fill::Failed(e),
-                    Poll::Pending => {
-                        self.blocked_since.get_or_insert_with(Instant::now);
-                        break;
-                    }
+            BATCH.with(|batch| {
+                let (Ok(mut buf), Ok(mut frames)) =
+                    (scratch.try_borrow_mut(), batch.try_borrow_mut())
+                else {
+                    // Not reentrant; cannot happen (no await, no callback in between).
+                    return Fill::Idle;
+                };
+                frames.clear();
+                let fill = self.fill_with(cx, &mut buf, &mut frames);
+                frames.clear();
+                if buf.capacity() > MAX_SCRATCH {
+                    *buf = BytesMut::new();
                 }
-            }
-            if written < buf.len() {
-                self.out.extend_from_slice(&buf[written..]);
-            }
-            if buf.capacity() > MAX_SCRATCH {
-                *buf = BytesMut::new();
-            }
-            Fill::Frames
+                fill
+            })
         })
     }
 
-    /// With a write pending: cut the client if it is too far behind.
+    fn fill_with(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut, frames: &mut Frames) -> Fill {
+        buf.clear();
+        let framed = matches!(self.framing, BodyFraming::Chunked);
+        if framed {
+            buf.extend_from_slice(&[0; CHUNK_HEADER_ROOM]);
+        }
+        let drained = self.sub.drain_batch(
+            buf,
+            frames,
+            self.config
+                .max_write_frames
+                .min(self.config.client_buffer)
+                .max(1),
+            self.config
+                .max_write_bytes
+                .min(self.config.client_buffer_bytes),
+        );
+        if drained.lost > 0 {
+            // Everything not yet read is lost to this client, the evicted frames included.
+            return Fill::Lost(self.sub.backlog());
+        }
+        if drained.frames == 0 {
+            // Readiness was spurious (or frames above the watermark are still landing).
+            cx.waker().wake_by_ref();
+            return Fill::Idle;
+        }
+        // Layout: the chunk-size line (right-aligned in its room), the frames, CRLF.
+        let mut start = 0;
+        if framed {
+            let header = ChunkHeader::new(buf.len() - CHUNK_HEADER_ROOM);
+            start = CHUNK_HEADER_ROOM - header.as_bytes().len();
+            buf[start..CHUNK_HEADER_ROOM].copy_from_slice(header.as_bytes());
+            buf.extend_from_slice(CRLF);
+        }
+        let mut written = start;
+        while written < buf.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &buf[written..]) {
+                Poll::Ready(Ok(0)) => return Fill::Failed(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    written += n;
+                    self.wrote(n);
+                }
+                Poll::Ready(Err(e)) => return Fill::Failed(e),
+                Poll::Pending => {
+                    self.blocked_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+            }
+        }
+        let body_start = if framed { CHUNK_HEADER_ROOM } else { 0 };
+        self.settle_batch(buf, body_start, frames, written);
+        Fill::Frames
+    }
+
+    /// After a batch write that took `buf` up to `written` (`buf` holds the chunk-size
+    /// line before `body_start`, then the frames, then the chunk's CRLF): the completed
+    /// frames are delivered, the rest is owed as references to the frames.
+    fn settle_batch(&mut self, buf: &BytesMut, body_start: usize, frames: &Frames, written: usize) {
+        let metrics = self.sub.hub().metrics();
+        let now = self.sub.hub().inner.clock.now();
+        // Frames before `complete` are completely written; the next starts at `at`.
+        let (complete, mut at) = metrics.delivery_latency.with_local(|latency| {
+            let mut at = body_start;
+            for (i, mark) in frames.marks.iter().enumerate() {
+                if at + mark.len > written {
+                    return (i, at);
+                }
+                latency.observe_nanos(now.saturating_sub(mark.received));
+                at += mark.len;
+            }
+            (frames.marks.len(), at)
+        });
+        if complete > 0 {
+            metrics.events_sent.inc_by(complete as u64);
+            self.frames_sent += complete as u64;
+        }
+        if written == buf.len() {
+            return;
+        }
+        // The socket is full: keep references to what it did not take.
+        if written < body_start {
+            self.owe(Bytes::copy_from_slice(&buf[written..body_start]), None);
+        }
+        let mut owed = Vec::with_capacity(frames.marks.len() - complete);
+        self.sub.handles(frames, complete, |i, handle| {
+            let mark = frames.marks[i];
+            let skip = written.saturating_sub(at).min(mark.len);
+            let bytes = match handle {
+                Some(frame) => frame.slice(skip..),
+                // Evicted between the drain and now (rare): the bytes from the batch.
+                None => Bytes::copy_from_slice(&buf[at + skip..at + mark.len]),
+            };
+            owed.push((bytes, mark.received));
+            at += mark.len;
+        });
+        for (bytes, received) in owed {
+            self.owe(bytes, Some(received));
+        }
+        if matches!(self.framing, BodyFraming::Chunked) {
+            let done = written.saturating_sub(at).min(CRLF.len());
+            self.owe(Bytes::from_static(&CRLF[done..]), None);
+        }
+    }
+
+    /// With a write pending: cut the client if it is too far behind, in frames or in
+    /// bytes (owed to its socket, and in the rings after its cursors).
     fn check_slow_consumer(&mut self) -> Option<StreamEnd> {
         if matches!(self.phase, Phase::Closing) {
             return None;
         }
-        let behind = self.sub.backlog() + self.out_frames as u64;
-        if behind > self.config.client_buffer as u64 {
-            return Some(self.slow_end(behind));
+        let frames = self.sub.backlog() + self.owed.events() as u64;
+        let bytes = self.sub.backlog_bytes() + self.owed.bytes() as u64;
+        if frames > self.config.client_buffer as u64
+            || bytes > self.config.client_buffer_bytes as u64
+        {
+            return Some(self.slow_end(frames));
         }
         None
     }
 
     fn cut_slow(&mut self, dropped: u64) -> StreamReport {
-        let end = self.slow_end(dropped + self.out_frames as u64);
+        let end = self.slow_end(dropped + self.owed.events() as u64);
         self.finish(end)
     }
 
@@ -413,7 +534,6 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         let metrics = self.sub.hub().metrics();
         metrics.slow_consumer_disconnects.inc();
         metrics.dropped_slow_consumer.inc_by(dropped);
-        self.out_frames = 0;
         StreamEnd::SlowConsumer { dropped }
     }
 
@@ -460,14 +580,13 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 return Poll::Pending;
             }
             // Silence for a whole heartbeat: send a comment.
-            let mut body = BytesMut::with_capacity(16);
-            sse_framing::encode_comment(&mut body, "heartbeat");
-            body.extend_from_slice(b"\n");
-            self.push_chunk(&body);
-            match self.poll_flush_out(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.out = BytesMut::new();
-                }
+            let heartbeat = match self.framing {
+                BodyFraming::Chunked => HEARTBEAT_CHUNKED,
+                BodyFraming::Raw => HEARTBEAT_RAW,
+            };
+            self.owe(Bytes::from_static(heartbeat), None);
+            match self.poll_write_owed(cx) {
+                Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
                 Poll::Pending => {}
             }
@@ -482,26 +601,28 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         let retry = self.config.drain_retry.mul_f64(0.5 + fastrand::f64());
         sse_framing::encode_retry(&mut body, millis(retry));
         body.extend_from_slice(b"\n");
-        self.push_chunk(&body);
+        let mut goodbye = BytesMut::with_capacity(body.len() + CHUNK_HEADER_ROOM + 7);
+        self.frame_chunk(&mut goodbye, &body);
         if let BodyFraming::Chunked = self.framing {
-            self.out.extend_from_slice(b"0\r\n\r\n");
+            goodbye.extend_from_slice(b"0\r\n\r\n");
         }
+        self.owe(goodbye.freeze(), None);
         // A client that stopped reading is still bounded by the write timeout.
     }
 
-    /// Appends `body` as one chunk (or as is, unframed).
-    fn push_chunk(&mut self, body: &[u8]) {
+    /// Appends `body` to `out` as one chunk (or as is, unframed).
+    fn frame_chunk(&self, out: &mut BytesMut, body: &[u8]) {
         if let BodyFraming::Chunked = self.framing {
-            self.out
-                .extend_from_slice(ChunkHeader::new(body.len()).as_bytes());
-            self.out.extend_from_slice(body);
-            self.out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(ChunkHeader::new(body.len()).as_bytes());
+            out.extend_from_slice(body);
+            out.extend_from_slice(CRLF);
         } else {
-            self.out.extend_from_slice(body);
+            out.extend_from_slice(body);
         }
     }
 
     fn finish(&mut self, end: StreamEnd) -> StreamReport {
+        self.forget_owed();
         let end = match end {
             StreamEnd::Io(e)
                 if matches!(
@@ -521,6 +642,32 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             bytes_sent: self.bytes_sent,
             topics: self.sub.topic_names().cloned().collect(),
         }
+    }
+}
+
+impl<S> Writer<'_, S> {
+    /// What the stream owes its socket (tests).
+    #[cfg(test)]
+    pub(crate) fn owed(&self) -> &Owed {
+        &self.owed
+    }
+
+    /// Drops what is owed (the stream ended), out of `sse_pending_bytes`.
+    fn forget_owed(&mut self) {
+        let owed = std::mem::take(&mut self.owed);
+        if owed.bytes() > 0 {
+            self.sub
+                .hub()
+                .metrics()
+                .pending_bytes
+                .sub(owed.bytes() as i64);
+        }
+    }
+}
+
+impl<S> Drop for Writer<'_, S> {
+    fn drop(&mut self) {
+        self.forget_owed();
     }
 }
 

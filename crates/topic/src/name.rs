@@ -66,6 +66,27 @@ impl TopicName {
     pub fn is_wildcard(&self) -> bool {
         self.0.split('.').any(|t| t == "*" || t == ">")
     }
+
+    /// Whether a message on `subject` (a topic name without wildcards) belongs to this
+    /// topic: `*` matches one token, a last `>` one or more.
+    pub fn matches(&self, subject: &str) -> bool {
+        crate::pattern::matches(&self.0, subject)
+    }
+
+    /// Whether some subject belongs to both topics.
+    pub fn overlaps(&self, other: &TopicName) -> bool {
+        let mut a = self.0.split('.');
+        let mut b = other.0.split('.');
+        loop {
+            match (a.next(), b.next()) {
+                // `>` takes one or more tokens: whatever the other has left from here.
+                (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+                (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
 }
 
 fn validate(s: &str, allow_wildcards: bool) -> Result<(), TopicError> {
@@ -171,6 +192,33 @@ mod tests {
             err("a/b", false),
             TopicError::InvalidChar { ch: '/', at: 1 }
         );
+    }
+
+    #[test]
+    fn overlapping_topics() {
+        let t = |s: &str| TopicName::parse(s, true).expect("valid topic");
+        for (a, b) in [
+            ("a.b", "a.b"),
+            ("a.*", "a.b"),
+            ("a.>", "a.b.c"),
+            ("*.b", "a.*"),
+            (">", "x.y"),
+            ("a.*.c", "a.b.>"),
+        ] {
+            assert!(t(a).overlaps(&t(b)), "{a} {b}");
+            assert!(t(b).overlaps(&t(a)), "{b} {a}");
+        }
+        for (a, b) in [
+            ("a.b", "a.c"),
+            ("a.*", "a.b.c"),
+            ("a.>", "a"),
+            ("a.b", "b.>"),
+        ] {
+            assert!(!t(a).overlaps(&t(b)), "{a} {b}");
+            assert!(!t(b).overlaps(&t(a)), "{b} {a}");
+        }
+        assert!(t("a.*").matches("a.b"));
+        assert!(!t("a.*").matches("a.b.c"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn durable_hub(replay_window: usize) -> Hub {
             topic_linger: Duration::from_secs(30),
             max_subscribers_per_topic: 1000,
             durable: true,
+            ..HubConfig::default()
         },
         Epoch::new("pending").unwrap(),
         HubMetrics::unregistered(),
@@ -36,6 +37,7 @@ fn ids_are_log_positions_and_wildcards_match() {
             topic_linger: Duration::from_secs(30),
             max_subscribers_per_topic: 1000,
             durable: true,
+            ..HubConfig::default()
         },
         Epoch::new("pending").unwrap(),
         HubMetrics::unregistered(),

@@ -337,6 +337,38 @@ fn closing_wakes_every_subscriber() {
 }
 
 #[test]
+fn a_full_topic_table_refuses_new_topics_lingering_ones_included() {
+    let hub = crate::Hub::new(
+        crate::HubConfig {
+            max_topics: 2,
+            ..hub_with(16, 8).config().clone()
+        },
+        crate::Epoch::new("t").unwrap(),
+        crate::HubMetrics::unregistered(),
+    );
+    let (a, b, c) = (topic("a"), topic("b"), topic("c"));
+    let _a = hub.subscribe(std::slice::from_ref(&a), None).unwrap();
+    // `b` has no stream left but lingers: it still counts.
+    drop(hub.subscribe(std::slice::from_ref(&b), None).unwrap());
+    let err = hub.subscribe(&[a.clone(), c.clone()], None).unwrap_err();
+    assert_eq!(err, crate::SubscribeError::TooManyTopics { max: 2 });
+    assert_eq!(hub.subscriber_count("a"), 1, "what it took is given back");
+    assert!(matches!(
+        hub.publish_local(&c, msg("x")),
+        Err(crate::SubscribeError::TooManyTopics { max: 2 })
+    ));
+    // Known topics are still open to streams and publishes.
+    assert!(hub.subscribe(std::slice::from_ref(&b), None).is_ok());
+    assert!(matches!(
+        hub.publish_local(&a, msg("x")),
+        Ok((Ingested::Stored(_), _))
+    ));
+    // Once `b` is gone, there is room again.
+    assert_eq!(hub.sweep(Instant::now() + hub.config().topic_linger), 1);
+    assert!(hub.subscribe(std::slice::from_ref(&c), None).is_ok());
+}
+
+#[test]
 fn a_full_topic_refuses_and_releases_what_it_took() {
     let hub = crate::Hub::new(
         crate::HubConfig {

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accounting;
+mod budgets;
 mod durable;
 mod hub;
 mod writer;
@@ -19,8 +20,7 @@ pub(crate) fn hub_with(replay_window: usize, client_buffer: usize) -> Hub {
             replay_window,
             client_buffer,
             topic_linger: Duration::from_secs(30),
-            max_subscribers_per_topic: 100_000,
-            durable: false,
+            ..HubConfig::default()
         },
         Epoch::new("t").unwrap(),
         HubMetrics::unregistered(),

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, DuplexStream};
 
 use super::{decode, hub_with, msg, topic};
+use crate::writer::Writer;
 use crate::{BodyFraming, StreamEnd, StreamReport, WriterConfig, serve};
 
 fn config() -> WriterConfig {
@@ -12,6 +13,7 @@ fn config() -> WriterConfig {
         retry: Duration::from_secs(3),
         write_timeout: Duration::from_secs(10),
         client_buffer: 8,
+        client_buffer_bytes: 4 * 1024 * 1024,
         max_write_frames: usize::MAX,
         max_write_bytes: 64 * 1024,
         drain_spread: Duration::ZERO,
@@ -95,7 +97,8 @@ async fn frames_queued_together_go_out_in_one_chunk() {
     assert_eq!(events.len(), 100);
     assert_eq!(events[99].data, "e99");
     assert_eq!(hub.metrics().events_sent.get(), 100);
-    assert_eq!(hub.metrics().delivery_latency.get_sample_count(), 1);
+    // One latency observation per delivered event.
+    assert_eq!(hub.metrics().delivery_latency.sample_count(), 100);
 }
 
 #[tokio::test(start_paused = true)]
@@ -289,4 +292,320 @@ async fn a_resume_reset_goes_out_with_the_opening() {
         b"retry: 3000\n: connected\n\nid: t-0\nevent: gateway.reset\ndata: {\"reason\":\"malformed_id\"}\n\n".to_vec()
     );
     assert_eq!(hub.metrics().events_sent.get(), 1);
+}
+
+/// Polls a writer once with a waker that does nothing.
+fn poll_once<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    writer: &mut Writer<'_, S>,
+) -> std::task::Poll<StreamReport> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    writer.poll(&mut cx)
+}
+
+/// The newest frame of `name`'s ring.
+fn newest_frame(hub: &crate::Hub, name: &str) -> Bytes {
+    let topics = hub.inner.topics.lock();
+    let ring = topics.by_name[name].ring.read();
+    ring.iter_from(0).last().unwrap().frame.clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn stalled_streams_owe_references_to_the_rings_frames_not_copies() {
+    let hub = hub_with(16, 16);
+    let t = topic("big");
+    let config = WriterConfig {
+        client_buffer_bytes: 1 << 20,
+        ..config()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let (server, client) = tokio::io::duplex(256);
+        let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+        let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config);
+        writer.open(b"HEAD\r\n\r\n");
+        assert!(poll_once(&mut writer).is_pending());
+        assert!(writer.owed().is_empty(), "the opening fits the socket");
+        streams.push((writer, client));
+    }
+    hub.ingest(&t, msg(&"x".repeat(100_000)));
+    let frame = newest_frame(&hub, "big");
+    let inside = |(at, len): (usize, usize)| {
+        let start = frame.as_ptr() as usize;
+        at >= start && at + len <= start + frame.len()
+    };
+    let mut owed_total = 0;
+    for (writer, _) in &mut streams {
+        assert!(poll_once(writer).is_pending(), "the socket is full");
+        let owed = writer.owed();
+        let ranges = owed.ranges();
+        // The frame's unwritten tail, then the chunk's CRLF (static, 2 bytes).
+        assert_eq!(ranges.len(), 2, "{ranges:?}");
+        assert!(inside(ranges[0]), "the owed frame is the ring's own bytes");
+        assert!(ranges[0].1 > 99_000, "{ranges:?}");
+        assert_eq!(ranges[1].1, 2);
+        assert_eq!(owed.events(), 1);
+        owed_total += owed.bytes();
+    }
+    assert_eq!(
+        hub.metrics().pending_bytes.get(),
+        i64::try_from(owed_total).unwrap(),
+        "sse_pending_bytes counts what each stream owes"
+    );
+    assert_eq!(
+        hub.metrics().events_sent.get(),
+        0,
+        "nothing fully written yet"
+    );
+
+    // One client reads everything: its event is delivered when its last byte is taken.
+    let (mut writer, mut client) = streams.pop().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut body = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while decode(&chunks_lenient(after_head(&body))).is_empty() {
+            let n = client.read(&mut buf).await.unwrap();
+            body.extend_from_slice(&buf[..n]);
+        }
+        body
+    });
+    for _ in 0..100_000 {
+        if reader.is_finished() {
+            break;
+        }
+        assert!(poll_once(&mut writer).is_pending());
+        tokio::task::yield_now().await;
+    }
+    assert!(writer.owed().is_empty());
+    let events = decode(&chunks_lenient(after_head(&reader.await.unwrap())));
+    assert_eq!(events[0].data.len(), 100_000);
+    assert_eq!(hub.metrics().events_sent.get(), 1);
+    assert_eq!(hub.metrics().delivery_latency.sample_count(), 1);
+    let still_owed: usize = streams.iter().map(|(w, _)| w.owed().bytes()).sum();
+    assert_eq!(
+        hub.metrics().pending_bytes.get(),
+        i64::try_from(still_owed).unwrap()
+    );
+    drop(streams);
+    assert_eq!(
+        hub.metrics().pending_bytes.get(),
+        0,
+        "ended streams owe nothing"
+    );
+}
+
+/// The body after the test's `HEAD` (whatever has arrived of it).
+fn after_head(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"HEAD\r\n\r\n").unwrap_or(&[])
+}
+
+#[tokio::test(start_paused = true)]
+async fn small_frames_copied_under_the_lock_are_owed_as_references_too() {
+    // Small frames are copied into the batch under the ring's lock (no reference count
+    // on the common path); when the socket takes only part, the unwritten ones are owed
+    // as handles to the ring's frames, found again by position.
+    let hub = hub_with(256, 256);
+    let t = topic("small");
+    let config = WriterConfig {
+        client_buffer: 256,
+        ..config()
+    };
+    let (server, _client) = tokio::io::duplex(1024);
+    let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+    let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config);
+    writer.open(b"HEAD\r\n\r\n");
+    assert!(poll_once(&mut writer).is_pending());
+    for i in 0..40 {
+        hub.ingest(&t, msg(&format!("{i:02}{}", "s".repeat(2000))));
+    }
+    assert!(poll_once(&mut writer).is_pending());
+    let ring: Vec<Bytes> = {
+        let topics = hub.inner.topics.lock();
+        let ring = topics.by_name["small"].ring.read();
+        ring.iter_from(0).map(|e| e.frame.clone()).collect()
+    };
+    let owed = writer.owed();
+    let ranges = owed.ranges();
+    // One batch (64 KiB: 32 frames): the partly written frame and those after it, then
+    // the chunk's CRLF.
+    let n = owed.events();
+    assert_eq!(n, 32);
+    assert_eq!(ranges.len(), n + 1, "{ranges:?}");
+    for (i, &(at, len)) in ranges[..n].iter().enumerate() {
+        let frame = &ring[i];
+        let start = frame.as_ptr() as usize;
+        assert!(
+            at >= start && at + len == start + frame.len(),
+            "owed segment {i} is the tail of the ring's frame {i}"
+        );
+    }
+    assert_eq!(ranges[n].1, 2);
+}
+
+/// The chunk payloads of a chunked body read so far (a partial last chunk ignored).
+fn chunks_lenient(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|w| w == b"\r\n") {
+        let Ok(len) = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap(), 16)
+        else {
+            break;
+        };
+        if body.len() < line_end + 4 + len {
+            break;
+        }
+        out.extend_from_slice(&body[line_end + 2..line_end + 2 + len]);
+        body = &body[line_end + 4 + len..];
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_client_is_cut_on_client_buffer_bytes() {
+    let hub = hub_with(1000, 1000);
+    let t = topic("a");
+    let config = WriterConfig {
+        client_buffer: 1000,
+        client_buffer_bytes: 10_000,
+        ..config()
+    };
+    let (_client, task) = spawn_writer(&hub, "a", 256, config);
+    let payload = "y".repeat(1000);
+    let mut published = 0u64;
+    while !task.is_finished() && published < 1000 {
+        hub.ingest(&t, msg(&payload));
+        published += 1;
+        tokio::task::yield_now().await;
+    }
+    let report = tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let StreamEnd::SlowConsumer { dropped } = report.end else {
+        panic!("{report:?}");
+    };
+    // Far below the 1,000-frame budget: the 10,000-byte one cut it.
+    assert!(published < 30, "cut after {published} frames of ~1 KB");
+    assert_eq!(report.frames_sent + dropped, published);
+    assert_eq!(hub.metrics().write_timeouts.get(), 0);
+    assert_eq!(hub.metrics().slow_consumer_disconnects.get(), 1);
+    assert_eq!(hub.metrics().pending_bytes.get(), 0);
+}
+
+/// A socket with a vectored write (like a TCP stream) over a small duplex.
+struct Vectored(DuplexStream);
+
+impl tokio::io::AsyncRead for Vectored {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Vectored {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn owed_bytes_go_out_in_order_through_vectored_writes() {
+    let hub = hub_with(256, 256);
+    let t = topic("v");
+    let (server, mut client) = tokio::io::duplex(300);
+    let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+    let config = WriterConfig {
+        client_buffer: 256,
+        ..config()
+    };
+    let task = tokio::spawn(async move {
+        serve(
+            Vectored(server),
+            sub,
+            Bytes::from_static(b"HEAD\r\n\r\n"),
+            BodyFraming::Chunked,
+            &config,
+        )
+        .await
+    });
+    for i in 0..50 {
+        hub.ingest(&t, msg(&format!("{i}-{}", "z".repeat(i * 37))));
+    }
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 1000];
+    while decode(&chunks_lenient(after_head(&body))).len() < 50 {
+        let n = client.read(&mut buf).await.unwrap();
+        body.extend_from_slice(&buf[..n]);
+    }
+    let events = decode(&chunks(after_head(&body)).concat());
+    let want: Vec<String> = (0..50)
+        .map(|i| format!("{i}-{}", "z".repeat(i * 37)))
+        .collect();
+    assert_eq!(
+        events.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+        want
+    );
+    assert_eq!(hub.metrics().events_sent.get(), 50);
+    assert_eq!(hub.metrics().delivery_latency.sample_count(), 50);
+    assert_eq!(hub.metrics().pending_bytes.get(), 0);
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replay_waiting_for_its_turn_does_not_stop_heartbeats() {
+    let hub = crate::Hub::new(
+        crate::HubConfig {
+            durable: true,
+            ..hub_with(4, 4).config().clone()
+        },
+        crate::Epoch::new("pending").unwrap(),
+        crate::HubMetrics::unregistered(),
+    );
+    hub.set_connected(true);
+    hub.start_log(crate::Epoch::new("js1").unwrap(), 100);
+    let (server, mut client) = tokio::io::duplex(4096);
+    let mut sub = hub.subscribe(&[topic("a")], Some("js1-3")).unwrap();
+    // The replay is taken but never served (it waits for a turn): the stream is open.
+    let (_request, _sink) = sub.take_replay().unwrap();
+    let cfg = config();
+    tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
+    assert_eq!(
+        read_some(&mut client).await,
+        b"retry: 3000\n: connected\n\n".to_vec()
+    );
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(read_some(&mut client).await, b": heartbeat\n\n".to_vec());
+    }
 }
