@@ -79,6 +79,8 @@ async fn every_spec_metric_is_exposed_at_start_up() {
         "sse_replayed_events_total",
         "sse_nats_connected",
         "sse_delivery_latency_seconds",
+        "sse_ring_bytes",
+        "sse_pending_bytes",
     ] {
         assert!(m.names().contains(name), "{name} missing");
     }
@@ -94,12 +96,22 @@ async fn every_spec_metric_is_exposed_at_start_up() {
             Some(0.0)
         );
     }
-    for reason in ["slow_consumer", "invalid_utf8"] {
+    for reason in ["slow_consumer", "invalid_utf8", "too_large"] {
         assert_eq!(
             m.get("sse_events_dropped_total", &[("reason", reason)]),
             Some(0.0)
         );
     }
+    assert_eq!(
+        m.get(
+            "sse_admission_rejections_total",
+            &[("reason", "max_topics")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(m.get("sse_ring_bytes", &[]), Some(0.0));
+    assert_eq!(m.get("sse_pending_bytes", &[]), Some(0.0));
+    assert_eq!(m.get("sse_delivery_latency_seconds_count", &[]), Some(0.0));
     assert_eq!(m.get("sse_nats_connected", &[]), Some(1.0));
     let health = sse_testkit::http::get(gw.admin_addr(), "/healthz", &[])
         .await
