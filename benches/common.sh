@@ -5,7 +5,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WORK="$(mktemp -d)"
 PIDS=()
-GATEWAY="$ROOT/target/release/sse-gateway"
+# GATEWAY may name another build (e.g. an earlier commit, for a before/after run).
+GATEWAY="${GATEWAY:-$ROOT/target/release/sse-gateway}"
 NATS_BIN="$(command -v nats-server || echo /usr/sbin/nats-server)"
 
 # on_exit: extra teardown; a sourcing script may redefine it.

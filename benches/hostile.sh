@@ -11,10 +11,14 @@
 #   REPLAY_BYTES=16777216 CLIENT_BUFFER_BYTES=8388608 MAX_RING_BYTES=33554432 \
 #   benches/hostile.sh
 # (then the newline events are taken: 16 MiB rings hold two of them).
+# A build without byte budgets (an earlier commit, for the "before" column) runs with
+#   GATEWAY=/path/to/old/sse-gateway BUDGETS=0 benches/hostile.sh
 #   benches/hostile.sh [newlines|stalled|thousand|all]
 source "$(dirname "$0")/common.sh"
 WHAT=${1:-all}
-cargo build --release -q -p sse-gateway --manifest-path "$ROOT/Cargo.toml"
+[ "$GATEWAY" = "$ROOT/target/release/sse-gateway" ] &&
+  cargo build --release -q -p sse-gateway --manifest-path "$ROOT/Cargo.toml"
+BUDGETS=${BUDGETS:-1}
 NATS_PORT=1 # unused: embedded bus
 
 REPLAY_BYTES=${REPLAY_BYTES:-8388608}
@@ -23,14 +27,19 @@ MAX_RING_BYTES=${MAX_RING_BYTES:-1073741824}
 
 fresh_gateway() {
   [ -n "${GATEWAY_PID:-}" ] && stop_gateway
+  local sse_budgets="" ring_budget=""
+  if [ "$BUDGETS" = 1 ]; then
+    sse_budgets="replay_bytes = $REPLAY_BYTES
+client_buffer_bytes = $CLIENT_BUFFER_BYTES"
+    ring_budget="max_ring_bytes = $MAX_RING_BYTES"
+  fi
   launch_gateway "[bus]
 kind = \"memory\"
 [sse]
-replay_bytes = $REPLAY_BYTES
-client_buffer_bytes = $CLIENT_BUFFER_BYTES
+$sse_budgets
 write_timeout = \"60s\"
 [limits]
-max_ring_bytes = $MAX_RING_BYTES
+$ring_budget
 connect_rate_per_ip = 100000
 connect_burst_per_ip = 100000
 max_connections_per_ip = 100000"

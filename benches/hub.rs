@@ -15,13 +15,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sse_hub::{
-    BodyFraming, Epoch, Hub, HubConfig, HubMetrics, Incoming, TopicName, WriterConfig, serve,
+    BodyFraming, Epoch, Feed, Hub, HubConfig, HubMetrics, Incoming, Source, TopicName,
+    WriterConfig, serve,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-fn hub(replay_window: usize, client_buffer: usize) -> Hub {
+/// An embedded hub (no broker): its subscriber and ingest faces.
+fn hub(replay_window: usize, client_buffer: usize) -> (Hub, Feed) {
     Hub::new(
         HubConfig {
             replay_window,
@@ -31,6 +33,7 @@ fn hub(replay_window: usize, client_buffer: usize) -> Hub {
         },
         Epoch::new("bench").unwrap_or_else(|e| panic!("{e}")),
         HubMetrics::unregistered(),
+        Source::Local,
     )
 }
 
@@ -43,13 +46,12 @@ fn message() -> Incoming {
         payload: Bytes::from_static(br#"{"order":42,"status":"paid"}"#),
         event_type: None,
         received: Instant::now(),
-        publish_marker: None,
     }
 }
 
 /// One event published to a topic with 10,000 subscribers, each draining it.
 fn fan_out(c: &mut Criterion) {
-    let hub = hub(1024, 256);
+    let (hub, feed) = hub(1024, 256);
     let t = topic("fan");
     let mut subs: Vec<_> = (0..10_000)
         .map(|_| hub.subscribe(std::slice::from_ref(&t), None).unwrap())
@@ -59,7 +61,7 @@ fn fan_out(c: &mut Criterion) {
     group.throughput(Throughput::Elements(10_000));
     group.bench_function("1 event to 10,000 subscribers", |b| {
         b.iter(|| {
-            hub.ingest(&t, message());
+            feed.ingest(&t, message());
             for sub in &mut subs {
                 out.clear();
                 black_box(sub.drain_into(&mut out, 256, 256 * 1024));
@@ -71,18 +73,18 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("ingest");
     group.throughput(Throughput::Elements(1));
     group.bench_function("validate + encode + push", |b| {
-        b.iter(|| hub.ingest(&t, message()))
+        b.iter(|| feed.ingest(&t, message()))
     });
     group.finish();
 }
 
 /// Placing a resuming stream's cursor in a full ring.
 fn replay_lookup(c: &mut Criterion) {
-    let hub = hub(1024, 256);
+    let (hub, feed) = hub(1024, 256);
     let t = topic("replay");
     let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for _ in 0..5000 {
-        hub.ingest(&t, message());
+        feed.ingest(&t, message());
     }
     c.bench_function("replay lookup (1024-frame ring)", |b| {
         b.iter(|| {
@@ -109,11 +111,11 @@ fn coalescing(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter_batched(
                 || {
-                    let hub = hub(EVENTS, EVENTS);
+                    let (hub, feed) = hub(EVENTS, EVENTS);
                     let t = topic("w");
                     let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
                     for _ in 0..EVENTS {
-                        hub.ingest(&t, message());
+                        feed.ingest(&t, message());
                     }
                     (hub, sub)
                 },
@@ -219,10 +221,10 @@ fn isolation(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let hub = hub(1024, 256);
+    let (hub, feed) = hub(1024, 256);
     let (hot, cold) = (topic("hot"), topic("cold"));
     let _cold_reader = hub.subscribe(std::slice::from_ref(&cold), None).unwrap();
-    let other = self::hub(1024, 256);
+    let (other, other_feed) = self::hub(1024, 256);
     let _other_reader = other.subscribe(std::slice::from_ref(&cold), None).unwrap();
     let config: &'static WriterConfig = Box::leak(Box::new(WriterConfig {
         heartbeat: Duration::from_secs(600),
@@ -242,13 +244,13 @@ fn isolation(c: &mut Criterion) {
     let busy = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
-        let (hub, hot, busy, stop) = (hub.clone(), hot.clone(), busy.clone(), stop.clone());
+        let (feed, hot, busy, stop) = (feed.clone(), hot.clone(), busy.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(1));
                 if busy.load(Ordering::Relaxed) {
                     for _ in 0..4 {
-                        hub.ingest(&hot, message());
+                        feed.ingest(&hot, message());
                     }
                 }
             }
@@ -257,16 +259,16 @@ fn isolation(c: &mut Criterion) {
     let mut group = c.benchmark_group("isolation");
     group.throughput(Throughput::Elements(1));
     for (name, hot_busy, into) in [
-        ("cold ingest, hot topic idle", false, &hub),
+        ("cold ingest, hot topic idle", false, &feed),
         (
             "cold ingest, 10,000 streams draining a hot topic",
             true,
-            &hub,
+            &feed,
         ),
         (
             "control: another hub's ingest, hot topic draining",
             true,
-            &other,
+            &other_feed,
         ),
     ] {
         busy.store(hot_busy, Ordering::Relaxed);

@@ -6,8 +6,7 @@ pub use sse_testkit::{
     Event, Gateway, GatewayBuilder, Item, NatsServer, SseStream, eventually, publish,
 };
 
-/// Generous bound for anything a test waits for (the machine may be loaded).
-pub const WAIT: Duration = Duration::from_secs(15);
+pub use sse_testkit::WAIT;
 
 /// The gateway binary under test.
 pub fn bin() -> &'static str {

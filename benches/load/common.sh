@@ -54,18 +54,20 @@ d=json.loads(text) if text else {"timed_out": True}
 d["server"]=sys.argv[1]; d["label"]=sys.argv[2]; print(json.dumps(d))' "$1" "$2"
 }
 
+# gateway_run <label> <loadgen args…>: the server name is $SERVER (default sse-gateway).
 gateway_run() {
   local label=$1; shift
   timeout "$RUN_TIMEOUT" "$LOADGEN" run --url "$GATEWAY_URL" --nats "nats://127.0.0.1:$NATS_PORT" \
     --server-pid "$GATEWAY_PID" "$@" 2>"$WORK/last.txt" \
-    | tagged sse-gateway "$label" | tee -a "$RESULTS/results.jsonl" || true
+    | tagged "${SERVER:-sse-gateway}" "$label" | tee -a "$RESULTS/results.jsonl" || true
   tail -n 22 "$WORK/last.txt" >&2
 }
 
+# nchan_run <label> <loadgen args…>: the server name is $SERVER (default nchan).
 nchan_run() {
   local label=$1; shift
   timeout "$RUN_TIMEOUT" "$LOADGEN" run --url "$NCHAN_URL" --sub-path '/sub/{topic}' \
     --publish-http "$NCHAN_URL/pub/{topic}" --server-pid "$NCHAN_PID" "$@" 2>"$WORK/last.txt" \
-    | tagged nchan "$label" | tee -a "$RESULTS/results.jsonl" || true
+    | tagged "${SERVER:-nchan}" "$label" | tee -a "$RESULTS/results.jsonl" || true
   tail -n 22 "$WORK/last.txt" >&2
 }

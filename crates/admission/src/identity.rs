@@ -142,7 +142,6 @@ fn parse_hop(raw: &[u8]) -> Option<IpAddr> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

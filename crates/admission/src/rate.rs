@@ -116,7 +116,6 @@ impl fmt::Display for RateLimited {
 impl std::error::Error for RateLimited {}
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use governor::clock::FakeRelativeClock;

@@ -4,7 +4,7 @@
 //!
 //! The stream captures `<subject_prefix>.>`. ONE ordered consumer per gateway process
 //! reads it from the position the gateway started at, in stream order, and hands every
-//! message with its stream sequence to [`Hub::ingest_logged`], which routes it to the
+//! message with its stream sequence to [`Feed::ingest_logged`], which routes it to the
 //! active topics it matches. Reading in stream order is what lets a stream over several
 //! topics be exact: a single id (a stream sequence) says how far it got on all of them.
 //! The ordered consumer recreates itself after a gap or an outage from the last sequence
@@ -35,7 +35,9 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::{Config as StreamConfig, DiscardPolicy, StorageType, Stream};
 use async_nats::jetstream::{self, Context, ErrorCode};
 use futures::StreamExt;
-use sse_hub::{Epoch, Hub, Incoming, ReplayRequest, ReplaySink, ResetReason, TopicName};
+use sse_hub::{
+    Epoch, Feed, Incoming, ReplayRequest, ReplaySink, ResetReason, SeamFuture, TopicName,
+};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -64,8 +66,39 @@ pub const REPLAY_CONSUMER: &str = "sse-gateway replay";
 const LIVE_BATCH: usize = 1024;
 /// Idle heartbeat of the live consumer: two missed ones and it is recreated.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// Pause before retrying the stream or the consumer after a failure.
-const RETRY: Duration = Duration::from_millis(250);
+/// Retries of the stream or the consumer after a failure: the first wait, and the
+/// longest.
+const RETRY: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// Waits between retries: from [`RETRY`]`.0`, doubling up to `.1`, each wait a random
+/// 50–100 % of that (so that gateways that lost the same server do not come back in
+/// step); back to the first after a success.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { next: RETRY.0 }
+    }
+
+    /// The last attempt worked: the next failure waits the shortest time again.
+    fn reset(&mut self) {
+        self.next = RETRY.0;
+    }
+
+    /// The next wait (the one after it is longer).
+    fn next_wait(&mut self) -> Duration {
+        let wait = self.next.mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.next = (self.next * 2).min(RETRY.1);
+        wait
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next_wait()).await;
+    }
+}
 
 /// What the live consumer knows of the stream.
 #[derive(Debug)]
@@ -81,21 +114,21 @@ struct Log {
 /// A handle to the stream for replays; clone it freely. Replays wait until the stream
 /// has been found, and for a turn (at most `max_concurrent_replays` at once).
 #[derive(Debug, Clone)]
-pub struct History {
+pub struct JetStreamHistory {
     log: watch::Receiver<Option<Arc<Log>>>,
     turns: Arc<Semaphore>,
 }
 
-/// The sending side of [`History`], owned by the live consumer.
+/// The sending side of [`JetStreamHistory`], owned by the live consumer.
 #[derive(Debug)]
 pub(crate) struct HistoryWriter(watch::Sender<Option<Arc<Log>>>);
 
 impl HistoryWriter {
     /// `max_concurrent_replays`: replays reading the stream at once (at least 1).
-    pub(crate) fn new(max_concurrent_replays: usize) -> (Self, History) {
+    pub(crate) fn new(max_concurrent_replays: usize) -> (Self, JetStreamHistory) {
         let (tx, rx) = watch::channel(None);
         let turns = Arc::new(Semaphore::new(max_concurrent_replays.max(1)));
-        (Self(tx), History { log: rx, turns })
+        (Self(tx), JetStreamHistory { log: rx, turns })
     }
 }
 
@@ -107,6 +140,7 @@ fn epoch_of(created_nanos: i128) -> Epoch {
 /// Finds (or creates) the stream, retrying while NATS is unreachable.
 async fn ensure_stream(js: &Context, config: &JetStreamConfig, prefix: &str) -> Stream {
     let mut logged = false;
+    let mut backoff = Backoff::new();
     loop {
         match js.get_stream(&config.stream).await {
             Ok(stream) => return stream,
@@ -141,14 +175,14 @@ async fn ensure_stream(js: &Context, config: &JetStreamConfig, prefix: &str) -> 
                 }
             }
         }
-        tokio::time::sleep(RETRY).await;
+        backoff.wait().await;
     }
 }
 
 /// Reads the stream into the hub until `shutdown`.
 pub(crate) async fn run_live(
     client: Client,
-    hub: Hub,
+    hub: Feed,
     config: JetStreamConfig,
     prefix: String,
     history: HistoryWriter,
@@ -157,6 +191,7 @@ pub(crate) async fn run_live(
     let js = jetstream::new(client);
     let filter = format!("{prefix}.>");
     let topic_start = prefix.len() + 1;
+    let mut backoff = Backoff::new();
     loop {
         let mut stream = tokio::select! {
             () = &mut shutdown => return,
@@ -166,7 +201,7 @@ pub(crate) async fn run_live(
             Ok(info) => info.clone(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the stream's state; retrying");
-                tokio::time::sleep(RETRY).await;
+                backoff.wait().await;
                 continue;
             }
         };
@@ -232,13 +267,21 @@ pub(crate) async fn run_live(
                 }
             };
             tracing::info!(stream = %config.stream, from, "reading the JetStream stream");
+            let mut read = false;
             loop {
                 let next = tokio::select! {
                     () = &mut shutdown => return,
                     next = messages.next() => next,
                 };
                 match next {
-                    Some(Ok(message)) => ingest(&hub, topic_start, &message),
+                    Some(Ok(message)) => {
+                        if !read {
+                            // The consumer works: a later failure starts the waits over.
+                            read = true;
+                            backoff.reset();
+                        }
+                        ingest(&hub, topic_start, &message);
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "the stream consumer failed; recreating it");
                         break;
@@ -248,16 +291,16 @@ pub(crate) async fn run_live(
             }
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(RETRY) => {}
+                () = backoff.wait() => {}
             }
         }
-        tokio::time::sleep(RETRY).await;
+        backoff.wait().await;
     }
 }
 
 /// Hands one message of the stream to the hub. Its delivery latency is measured from
 /// the stream's timestamp of it.
-fn ingest(hub: &Hub, topic_start: usize, message: &jetstream::Message) {
+fn ingest(hub: &Feed, topic_start: usize, message: &jetstream::Message) {
     let Ok(info) = message.info() else {
         return;
     };
@@ -276,7 +319,6 @@ fn incoming(message: &jetstream::Message, received: Instant) -> Incoming {
         payload: message.payload.clone(),
         event_type: event_type(message.headers.as_ref()),
         received,
-        publish_marker: None,
     }
 }
 
@@ -295,11 +337,17 @@ fn now_unix_nanos() -> i128 {
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
-impl History {
+impl sse_hub::History for JetStreamHistory {
+    fn replay(&self, request: ReplayRequest, sink: ReplaySink) -> SeamFuture {
+        Box::pin(self.clone().serve(request, sink))
+    }
+}
+
+impl JetStreamHistory {
     /// Serves `request` into `sink`: every message of the request's topics after
     /// `after` up to `upto`, in stream order, each once; or one reset when the stream
     /// cannot honour the id. Returns when done or when the stream went away.
-    pub async fn replay(mut self, request: ReplayRequest, sink: ReplaySink) {
+    async fn serve(mut self, request: ReplayRequest, sink: ReplaySink) {
         let log = loop {
             if let Some(log) = self.log.borrow_and_update().clone() {
                 break log;
@@ -514,7 +562,22 @@ impl Source {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #[test]
+    fn retries_back_off_with_jitter_up_to_a_cap() {
+        let mut b = super::Backoff::new();
+        let waits: Vec<_> = (0..8).map(|_| b.next_wait()).collect();
+        for (i, w) in waits.iter().enumerate() {
+            let ceiling = (super::RETRY.0 * 2u32.pow(i as u32)).min(super::RETRY.1);
+            assert!(
+                *w >= ceiling / 2 && *w <= ceiling,
+                "wait {i}: {w:?} vs {ceiling:?}"
+            );
+        }
+        assert!(waits[7] >= super::RETRY.1 / 2, "capped, not reset");
+        b.reset();
+        assert!(b.next_wait() <= super::RETRY.0);
+    }
+
     use super::*;
 
     fn topics(names: &[&str]) -> Vec<TopicName> {

@@ -2,19 +2,19 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, Message, ServerAddr, Subscriber};
 use futures::StreamExt;
 use futures::stream::{AbortHandle, AbortRegistration, Abortable, BoxStream, SelectAll};
 use prometheus::IntGauge;
-use sse_hub::{Hub, Incoming, Ingested, TopicName};
-use tokio::sync::{mpsc, watch};
+use sse_hub::{Feed, Incoming, Ingested, Source, TopicName, Upstream};
+use tokio::sync::{Notify, mpsc, watch};
 
-use crate::jetstream::{History, HistoryWriter, JetStreamConfig};
-use crate::publish::Publisher;
+use crate::jetstream::{HistoryWriter, JetStreamConfig};
+use crate::publish::{Pending, Publisher};
 use tokio::time::Instant;
 
 /// The NATS header that sets a frame's `event:` field.
@@ -98,18 +98,103 @@ pub fn subject_for(prefix: &str, topic: &TopicName) -> String {
     format!("{prefix}.{topic}")
 }
 
-/// Feeds a [`Hub`] from NATS core subjects.
+/// Feeds a hub from NATS: one core subscription per active topic, or the whole
+/// JetStream stream.
 ///
-/// All subscriptions are read by ONE loop, round robin in wake-up order, so messages of
-/// different topics reach the hub close to the order the server sent them (NATS itself
-/// keeps order per subject; the per-subscription channels of the client lose the order
-/// across subjects, which this loop mostly restores).
+/// Made in two steps, because the hub and the bus each need the other: [`NatsBus::prepare`]
+/// gives the [`Source`] to make the hub with, [`Unattached::attach`] the bus once the hub
+/// is made.
+///
+/// ```no_run
+/// # fn demo(config: sse_bus::NatsBusConfig, metrics: sse_hub::HubMetrics) {
+/// use sse_hub::{Epoch, Hub, HubConfig};
+/// let (source, bus) = sse_bus::NatsBus::prepare(config);
+/// let (hub, feed) = Hub::new(HubConfig::default(), Epoch::generate(), metrics, source);
+/// let bus = bus.attach(feed);
+/// let publisher = bus.publisher();
+/// # }
+/// ```
+///
+/// All core subscriptions are read by ONE loop, round robin in wake-up order, so messages
+/// of different topics reach the hub close to the order the server sent them (NATS
+/// itself keeps order per subject; the per-subscription channels of the client lose the
+/// order across subjects, which this loop mostly restores).
 #[derive(Debug)]
 pub struct NatsBus {
     config: NatsBusConfig,
-    hub: Hub,
-    history: (HistoryWriter, History),
+    feed: Feed,
+    mode: Mode,
     client: watch::Sender<Option<Client>>,
+    /// Publishes through this process waiting for their message to come back.
+    pending: Arc<Pending>,
+}
+
+/// What a bus serves its hub with.
+#[derive(Debug)]
+enum Mode {
+    /// Core subscriptions, following the hub's wishes.
+    Core(Arc<Demand>),
+    /// The JetStream stream, and replays from it.
+    JetStream(HistoryWriter),
+}
+
+/// A bus waiting for the hub it feeds ([`NatsBus::prepare`]).
+#[derive(Debug)]
+pub struct Unattached {
+    config: NatsBusConfig,
+    mode: Mode,
+}
+
+impl Unattached {
+    /// The bus of the hub made with this bus's [`Source`].
+    pub fn attach(self, feed: Feed) -> NatsBus {
+        NatsBus {
+            config: self.config,
+            feed,
+            mode: self.mode,
+            client: watch::channel(None).0,
+            pending: Arc::new(Pending::default()),
+        }
+    }
+}
+
+/// The hub's [`Upstream`] for core subscriptions: it records the hub's latest wish per
+/// topic (a topic closed and opened again before the read loop looked is simply wanted)
+/// and wakes the read loop, which subscribes and unsubscribes. Holds at most one entry
+/// per topic the hub knows.
+#[derive(Debug, Default)]
+pub(crate) struct Demand {
+    wishes: Mutex<HashMap<TopicName, bool>>,
+    changed: Notify,
+}
+
+impl Demand {
+    fn wish(&self, topic: &TopicName, wanted: bool) {
+        self.wishes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(topic.clone(), wanted);
+        self.changed.notify_one();
+    }
+
+    /// The wishes recorded since the last call.
+    fn take(&self) -> Vec<(TopicName, bool)> {
+        self.wishes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .collect()
+    }
+}
+
+impl Upstream for Demand {
+    fn open(&self, topic: &TopicName) {
+        self.wish(topic, true);
+    }
+
+    fn close(&self, topic: &TopicName) {
+        self.wish(topic, false);
+    }
 }
 
 /// What the read loop knows of one topic's subscription.
@@ -134,34 +219,32 @@ struct NewSubscription {
 type Tagged = (TopicName, u64, Option<Message>);
 
 impl NatsBus {
-    /// An adapter for `hub`; nothing happens until [`NatsBus::run`].
-    pub fn new(config: NatsBusConfig, hub: Hub) -> Self {
-        let replays = config
-            .jetstream
-            .as_ref()
-            .map_or(1, |js| js.max_concurrent_replays);
-        Self {
-            config,
-            hub,
-            history: HistoryWriter::new(replays),
-            client: watch::channel(None).0,
-        }
+    /// The source to make the hub with (core subscriptions, or the JetStream stream with
+    /// its replays), and the bus to attach to that hub; nothing runs until
+    /// [`NatsBus::run`].
+    pub fn prepare(config: NatsBusConfig) -> (Source, Unattached) {
+        let (source, mode) = match &config.jetstream {
+            Some(js) => {
+                let (writer, history) = HistoryWriter::new(js.max_concurrent_replays);
+                (Source::Log(Arc::new(history)), Mode::JetStream(writer))
+            }
+            None => {
+                let demand = Arc::new(Demand::default());
+                (Source::Core(demand.clone()), Mode::Core(demand))
+            }
+        };
+        (source, Unattached { config, mode })
     }
 
     /// Publishes through this adapter's connection (the publish API).
     pub fn publisher(&self) -> Publisher {
         Publisher::Nats {
-            hub: self.hub.clone(),
+            feed: self.feed.clone(),
             client: self.client.subscribe(),
             prefix: self.config.subject_prefix.clone(),
             jetstream: self.config.jetstream.is_some(),
+            pending: self.pending.clone(),
         }
-    }
-
-    /// Replays from the JetStream stream (JetStream mode only; replays wait until the
-    /// stream is found).
-    pub fn history(&self) -> History {
-        self.history.1.clone()
     }
 
     /// Connects (in the background, retrying forever) and keeps one subscription per
@@ -169,28 +252,28 @@ impl NatsBus {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
         let client = self.connect().await?;
         self.client.send_replace(Some(client.clone()));
-        if let Some(js) = self.config.jetstream.clone() {
-            tokio::pin!(shutdown);
-            let NatsBus {
-                config,
-                hub,
-                history: (writer, _),
-                ..
-            } = self;
-            crate::jetstream::run_live(
-                client.clone(),
-                hub,
-                js,
-                config.subject_prefix,
-                writer,
-                shutdown.as_mut(),
-            )
-            .await;
-            if let Err(e) = tokio::time::timeout(Duration::from_secs(1), client.drain()).await {
-                tracing::debug!(error = %e, "NATS drain did not finish");
+        let demand = match self.mode {
+            Mode::JetStream(writer) => {
+                let js = self.config.jetstream.clone().unwrap_or_else(|| {
+                    unreachable!("a JetStream bus is prepared from a JetStream config")
+                });
+                tokio::pin!(shutdown);
+                crate::jetstream::run_live(
+                    client.clone(),
+                    self.feed,
+                    js,
+                    self.config.subject_prefix,
+                    writer,
+                    shutdown.as_mut(),
+                )
+                .await;
+                if let Err(e) = tokio::time::timeout(Duration::from_secs(1), client.drain()).await {
+                    tracing::debug!(error = %e, "NATS drain did not finish");
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
+            Mode::Core(ref demand) => demand.clone(),
+        };
         let mut state = ReadLoop {
             bus: &self,
             client: &client,
@@ -200,22 +283,19 @@ impl NatsBus {
             // Bounded: a subscription in flight per topic at most.
             new_subs: mpsc::channel(1024),
         };
-        for topic in self.hub.wanted_topics() {
-            state.reconcile(topic);
-        }
         tokio::pin!(shutdown);
         loop {
+            // Topics opened before the loop ran are among the first wishes taken.
+            for (topic, wanted) in demand.take() {
+                state.reconcile(topic, wanted);
+            }
             tokio::select! {
                 () = &mut shutdown => break,
-                () = self.hub.demand_changed() => {
-                    for topic in self.hub.take_demand_changes() {
-                        state.reconcile(topic);
-                    }
-                }
+                () = demand.changed.notified() => {}
                 Some(new) = state.new_subs.1.recv() => state.add(new),
                 Some((topic, generation, message)) = state.streams.next(), if !state.streams.is_empty() => {
                     match message {
-                        Some(message) => ingest(&self.hub, &topic, message),
+                        Some(message) => ingest(&self.feed, &self.pending, &topic, message),
                         None => state.ended(&topic, generation),
                     }
                 }
@@ -231,7 +311,7 @@ impl NatsBus {
         Ok(())
     }
     async fn connect(&self) -> Result<Client, BusError> {
-        let hub = self.hub.clone();
+        let feed = self.feed.clone();
         let gauge = self.config.connected_gauge.clone();
         let options = ConnectOptions::new()
             .name(&self.config.client_name)
@@ -243,9 +323,9 @@ impl NatsBus {
                 Duration::from_millis((attempts as u64 * 100).min(2_000))
             })
             .event_callback(move |event| {
-                let hub = hub.clone();
+                let feed = feed.clone();
                 let gauge = gauge.clone();
-                async move { on_event(&hub, &gauge, event) }
+                async move { on_event(&feed, &gauge, event) }
             });
         tracing::info!(servers = ?self.config.servers, "connecting to NATS");
         Ok(options.connect(self.config.servers.clone()).await?)
@@ -265,14 +345,14 @@ struct ReadLoop<'a> {
 }
 
 impl ReadLoop<'_> {
-    /// Brings `topic`'s subscription in line with what the hub wants now.
-    fn reconcile(&mut self, topic: TopicName) {
-        let hub = &self.bus.hub;
-        match (hub.wants(&topic), self.topics.get(&topic)) {
+    /// Brings `topic`'s subscription in line with the hub's wish.
+    fn reconcile(&mut self, topic: TopicName, wanted: bool) {
+        let feed = &self.bus.feed;
+        match (wanted, self.topics.get(&topic)) {
             (true, Some(t)) => {
                 // The hub dropped and re-created the topic while its subscription stayed.
                 if t.confirmed.load(Ordering::Acquire) {
-                    hub.upstream_ready(&topic);
+                    feed.upstream_ready(&topic);
                 }
             }
             (true, None) => {
@@ -282,7 +362,7 @@ impl ReadLoop<'_> {
                 let confirmed = Arc::new(AtomicBool::new(false));
                 tokio::spawn(subscribe(
                     self.client.clone(),
-                    hub.clone(),
+                    feed.clone(),
                     subject_for(&self.bus.config.subject_prefix, &topic),
                     confirmed.clone(),
                     self.new_subs.0.clone(),
@@ -344,7 +424,7 @@ impl ReadLoop<'_> {
         {
             self.topics.remove(topic);
             tracing::warn!(%topic, "subscription ended by the client; re-subscribing");
-            self.reconcile(topic.clone());
+            self.reconcile(topic.clone(), true);
         }
     }
 }
@@ -356,7 +436,7 @@ struct NewTopic {
     registration: AbortRegistration,
 }
 
-fn on_event(hub: &Hub, gauge: &IntGauge, event: Event) {
+fn on_event(hub: &Feed, gauge: &IntGauge, event: Event) {
     match event {
         Event::Connected => {
             tracing::info!("connected to NATS");
@@ -382,7 +462,7 @@ fn on_event(hub: &Hub, gauge: &IntGauge, event: Event) {
 /// Subscribes `subject`, confirms it with the server and hands it to the read loop.
 async fn subscribe(
     client: Client,
-    hub: Hub,
+    hub: Feed,
     subject: String,
     confirmed: Arc<AtomicBool>,
     read_loop: mpsc::Sender<NewSubscription>,
@@ -457,23 +537,31 @@ pub(crate) fn event_type(headers: Option<&async_nats::HeaderMap>) -> Option<Stri
         .map(str::to_owned)
 }
 
-fn ingest(hub: &Hub, topic: &TopicName, message: Message) {
+/// Hands a message to the hub. A message this process published itself (its
+/// [`PUBLISH_HEADER`] marker is pending) is timed from its publish, and its publisher is
+/// told the sequence it got.
+fn ingest(feed: &Feed, pending: &Pending, topic: &TopicName, message: Message) {
     let headers = message.headers.as_ref();
     let event_type = event_type(headers);
-    let publish_marker = headers
+    let marker: Option<u64> = headers
         .and_then(|h| h.get(PUBLISH_HEADER))
         .and_then(|v| v.as_str().parse().ok());
-    let outcome = hub.ingest(
+    let started = marker.and_then(|m| pending.started(m));
+    let outcome = feed.ingest(
         topic,
         Incoming {
             payload: message.payload,
             event_type,
-            received: Instant::now(),
-            publish_marker,
+            received: started.unwrap_or_else(Instant::now),
         },
     );
     match outcome {
-        Ingested::Stored(_) | Ingested::NoSuchTopic => {}
+        Ingested::Stored(seq) => {
+            if let Some(marker) = marker {
+                pending.stored(marker, seq);
+            }
+        }
+        Ingested::NoSuchTopic => {}
         other => tracing::debug!(%topic, ?other, "dropped a message"),
     }
 }

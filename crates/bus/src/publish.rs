@@ -8,12 +8,14 @@
 //! - **JetStream:** the stream's acknowledgement carries the sequence: the id is the same
 //!   on every instance.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
-use sse_hub::{Hub, Incoming, Ingested, SubscribeError, TopicName};
-use tokio::sync::watch;
+use sse_hub::{Feed, Incoming, Ingested, SubscribeError, TopicName};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::nats::{EVENT_HEADER, PUBLISH_HEADER, subject_for};
@@ -48,18 +50,79 @@ pub enum PublishError {
 #[derive(Debug, Clone)]
 pub enum Publisher {
     /// Embedded mode: into this process's hub.
-    Memory(Hub),
+    Memory(Feed),
     /// Through NATS.
     Nats {
-        /// The hub, for ids.
-        hub: Hub,
+        /// The hub this bus feeds, for ids and to hold a topic while its message travels.
+        feed: Feed,
         /// The client, once connected.
         client: watch::Receiver<Option<Client>>,
         /// Subject prefix.
         prefix: String,
         /// JetStream mode.
         jetstream: bool,
+        /// Core publishes waiting for their message to come back.
+        pending: Arc<Pending>,
     },
+}
+
+/// Core NATS publishes through this process waiting for their message to come back
+/// through this process's own subscription (carrying its [`PUBLISH_HEADER`] marker):
+/// then the publisher learns the sequence — the id its clients see — and the message is
+/// timed from the publish. One entry per publish in flight, removed when it ends.
+#[derive(Debug, Default)]
+pub struct Pending {
+    waiting: Mutex<HashMap<u64, (oneshot::Sender<u64>, Instant)>>,
+}
+
+impl Pending {
+    /// Registers a publish of `marker` started at `started`; the receiver gets its
+    /// sequence. The registration ends with the returned guard.
+    fn expect(self: &Arc<Self>, marker: u64, started: Instant) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(marker, (tx, started));
+        Waiter {
+            pending: self.clone(),
+            marker,
+            rx,
+        }
+    }
+
+    /// When the publish of `marker` started, if it is this process's and still waiting.
+    pub(crate) fn started(&self, marker: u64) -> Option<Instant> {
+        self.lock().get(&marker).map(|(_, started)| *started)
+    }
+
+    /// The message of `marker` was stored under `seq`.
+    pub(crate) fn stored(&self, marker: u64, seq: u64) {
+        if let Some((tx, _)) = self.lock().remove(&marker) {
+            let _ = tx.send(seq);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (oneshot::Sender<u64>, Instant)>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A publish waiting for its sequence; unregisters when dropped.
+struct Waiter {
+    pending: Arc<Pending>,
+    marker: u64,
+    rx: oneshot::Receiver<u64>,
+}
+
+impl Waiter {
+    /// The sequence the message was stored under, or `None` after `timeout`.
+    async fn sequence(&mut self, timeout: Duration) -> Option<u64> {
+        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.pending.lock().remove(&self.marker);
+    }
 }
 
 impl Publisher {
@@ -84,28 +147,28 @@ impl Publisher {
     ) -> Result<String, PublishError> {
         let started = Instant::now();
         match self {
-            Self::Memory(hub) => {
+            Self::Memory(feed) => {
                 let msg = Incoming {
                     payload,
                     event_type: event_type.map(str::to_owned),
                     received: started,
-                    publish_marker: None,
                 };
-                match hub.publish_local(topic, msg)? {
+                match feed.publish_local(topic, msg)? {
                     (_, Some(id)) => Ok(id),
                     (outcome, None) => Err(PublishError::Refused(outcome)),
                 }
             }
             Self::Nats {
-                hub,
+                feed,
                 client,
                 prefix,
                 jetstream,
+                pending,
             } => {
                 let Some(client) = client.borrow().clone() else {
                     return Err(PublishError::Unavailable("not connected yet".into()));
                 };
-                if !hub.is_connected() {
+                if !feed.is_connected() {
                     return Err(PublishError::Unavailable("disconnected".into()));
                 }
                 let subject = subject_for(prefix, topic);
@@ -114,7 +177,7 @@ impl Publisher {
                     headers.insert(EVENT_HEADER, event);
                 }
                 if *jetstream {
-                    publish_jetstream(hub, client, subject, headers, payload).await
+                    publish_jetstream(feed, client, subject, headers, payload).await
                 } else {
                     let message = CoreMessage {
                         subject,
@@ -122,7 +185,7 @@ impl Publisher {
                         payload,
                         started,
                     };
-                    publish_core(hub, client, topic, message).await
+                    publish_core(feed, pending, client, topic, message).await
                 }
             }
         }
@@ -130,7 +193,7 @@ impl Publisher {
 }
 
 async fn publish_jetstream(
-    hub: &Hub,
+    hub: &Feed,
     client: Client,
     subject: String,
     headers: HeaderMap,
@@ -158,7 +221,8 @@ struct CoreMessage {
 }
 
 async fn publish_core(
-    hub: &Hub,
+    feed: &Feed,
+    pending: &Arc<Pending>,
     client: Client,
     topic: &TopicName,
     message: CoreMessage,
@@ -170,15 +234,15 @@ async fn publish_core(
         started,
     } = message;
     // Hold the topic so this gateway is subscribed and sees the message come back.
-    let probe = hub.subscribe(std::slice::from_ref(topic), None)?;
-    if !hub.wait_upstream(&probe, PUBLISH_TIMEOUT).await {
+    let held = feed.hold(topic)?;
+    if !feed.wait_held(&held, PUBLISH_TIMEOUT).await {
         return Err(PublishError::Unavailable(
             "the topic's subscription is not confirmed".into(),
         ));
     }
     let marker = fastrand::u64(..);
     headers.insert(PUBLISH_HEADER, marker.to_string().as_str());
-    let waiter = hub.expect_publish(marker, started);
+    let mut waiter = pending.expect(marker, started);
     client
         .publish_with_headers(subject, headers, payload)
         .await
@@ -190,8 +254,8 @@ async fn publish_core(
         .sequence(PUBLISH_TIMEOUT)
         .await
         .ok_or(PublishError::Timeout)?;
-    drop(probe);
-    Ok(hub.event_id(seq))
+    drop(held);
+    Ok(feed.event_id(seq))
 }
 
 fn from_jetstream(e: async_nats::jetstream::context::PublishError) -> PublishError {

@@ -10,7 +10,7 @@ use sse_hub::{Epoch, Hub, HubConfig, HubMetrics, Subscription, TopicName};
 use sse_testkit::{NatsServer, eventually, publish};
 use tokio::sync::oneshot;
 
-const WAIT: Duration = Duration::from_secs(15);
+use sse_testkit::WAIT;
 
 struct Setup {
     nats: NatsServer,
@@ -31,7 +31,15 @@ impl Drop for Setup {
 
 async fn setup(linger: Duration) -> Setup {
     let nats = NatsServer::start().unwrap();
-    let hub = Hub::new(
+    let gauge = IntGauge::new("nats_connected", "test").unwrap();
+    let (source, bus) = NatsBus::prepare(NatsBusConfig {
+        servers: NatsBusConfig::parse_servers(&nats.url()).unwrap(),
+        subject_prefix: "sse".into(),
+        client_name: "sse-bus-test".into(),
+        connected_gauge: gauge.clone(),
+        jetstream: None,
+    });
+    let (hub, feed) = Hub::new(
         HubConfig {
             replay_window: 64,
             client_buffer: 64,
@@ -40,18 +48,9 @@ async fn setup(linger: Duration) -> Setup {
         },
         Epoch::new("bus").unwrap(),
         HubMetrics::unregistered(),
+        source,
     );
-    let gauge = IntGauge::new("nats_connected", "test").unwrap();
-    let bus = NatsBus::new(
-        NatsBusConfig {
-            servers: NatsBusConfig::parse_servers(&nats.url()).unwrap(),
-            subject_prefix: "sse".into(),
-            client_name: "sse-bus-test".into(),
-            connected_gauge: gauge.clone(),
-            jetstream: None,
-        },
-        hub.clone(),
-    );
+    let bus = bus.attach(feed);
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
         bus.run(async {

@@ -88,11 +88,17 @@ impl Client {
     /// The client of `request`, which came from `peer`.
     pub fn of(gateway: &Gateway, peer: IpAddr, request: &dyn RequestView) -> Self {
         let limits = &gateway.config.limits;
-        let forwarded = request.header_values("x-forwarded-for");
-        let ip = sse_admission::client_ip(peer, &forwarded, &limits.trusted_proxies);
+        let peer_trusted = sse_admission::is_trusted_peer(peer, &limits.trusted_proxies);
+        // Only a trusted proxy's X-Forwarded-For is read (and only then collected).
+        let ip = if peer_trusted {
+            let forwarded = request.header_values("x-forwarded-for");
+            sse_admission::client_ip(peer, &forwarded, &limits.trusted_proxies)
+        } else {
+            peer.to_canonical()
+        };
         Self {
             peer,
-            peer_trusted: sse_admission::is_trusted_peer(peer, &limits.trusted_proxies),
+            peer_trusted,
             ip,
             key: sse_admission::client_key(ip, limits.ipv6_prefix),
         }

@@ -42,9 +42,10 @@ use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
-use sse_hub::{Epoch, Hub, HubConfig};
+use sse_bus::{NatsBus, NatsBusConfig, Publisher};
+use sse_hub::{Epoch, Hub, HubConfig, Source};
 
-use crate::config::Config;
+use crate::config::{BusKind, Config};
 use crate::metrics::Metrics;
 use crate::state::Gateway;
 
@@ -184,31 +185,48 @@ fn run(config: Config) -> anyhow::Result<()> {
     preflight::check_bindable("admin.listen", config.admin_listen)?;
 
     let metrics = Metrics::new().context("registering metrics")?;
-    let hub = Hub::new(
-        HubConfig {
-            replay_window: config.sse.replay_window,
-            client_buffer: config.sse.client_buffer,
-            replay_bytes: config.sse.replay_bytes,
-            client_buffer_bytes: config.sse.client_buffer_bytes,
-            max_ring_bytes: config.limits.max_ring_bytes,
-            max_topics: config.limits.max_topics,
-            topic_linger: config.sse.topic_linger,
-            max_subscribers_per_topic: usize::try_from(config.limits.max_subscribers_per_topic)
-                .unwrap_or(usize::MAX),
-            durable: config.jetstream.is_some(),
-        },
-        // With JetStream the ids follow the stream (its epoch is set once it is found).
-        if config.jetstream.is_some() {
-            Epoch::new("pending").unwrap_or_else(|_| Epoch::generate())
-        } else {
-            Epoch::generate()
-        },
-        metrics.hub.clone(),
-    );
+    let hub_config = HubConfig {
+        replay_window: config.sse.replay_window,
+        client_buffer: config.sse.client_buffer,
+        replay_bytes: config.sse.replay_bytes,
+        client_buffer_bytes: config.sse.client_buffer_bytes,
+        max_ring_bytes: config.limits.max_ring_bytes,
+        max_topics: config.limits.max_topics,
+        topic_linger: config.sse.topic_linger,
+        max_subscribers_per_topic: usize::try_from(config.limits.max_subscribers_per_topic)
+            .unwrap_or(usize::MAX),
+    };
+    // With JetStream the ids follow the stream (its epoch is set once it is found).
+    let epoch = if config.jetstream.is_some() {
+        Epoch::new("pending").unwrap_or_else(|_| Epoch::generate())
+    } else {
+        Epoch::generate()
+    };
+    // The hub and what feeds it: the bus is prepared first (it gives the hub its source),
+    // then attached to the hub's ingest face.
+    let (hub, bus, publisher) = match config.bus {
+        BusKind::Memory => {
+            let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), Source::Local);
+            (hub, None, Publisher::Memory(feed))
+        }
+        BusKind::Nats => {
+            let (source, bus) = NatsBus::prepare(NatsBusConfig {
+                servers: config.nats.servers.clone(),
+                subject_prefix: config.nats.subject_prefix.clone(),
+                client_name: format!("sse-gateway {}", std::process::id()),
+                connected_gauge: metrics.nats_connected.clone(),
+                jetstream: config.jetstream.clone(),
+            });
+            let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), source);
+            let bus = bus.attach(feed);
+            let publisher = bus.publisher();
+            (hub, Some(bus), publisher)
+        }
+    };
     if config.jetstream.is_none() {
         tracing::info!(epoch = %hub.epoch(), "event ids of this run carry this epoch");
     }
-    let gateway = Gateway::new(config, hub, metrics);
+    let gateway = Gateway::new(config, hub, publisher, metrics);
     let server_conf = &gateway.config.server;
 
     let conf = ServerConf {
@@ -249,8 +267,10 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
     admin.add_tcp(&gateway.config.admin_listen.to_string());
     admin.threads = Some(1);
-    let mut upstream =
-        background_service("upstream", upstream::UpstreamService::new(gateway.clone()));
+    let mut upstream = background_service(
+        "upstream",
+        upstream::UpstreamService::new(gateway.clone(), bus),
+    );
     // One thread is plenty for the NATS client and housekeeping; the cores are for streams.
     upstream.threads = Some(1);
 

@@ -47,8 +47,7 @@ pub fn max_body(gateway: &Gateway) -> usize {
         .unwrap_or(DEFAULT_MAX_BODY);
     let bus = gateway
         .publisher
-        .get()
-        .and_then(|p| p.max_payload())
+        .max_payload()
         .map(|max| max.saturating_sub(HEADER_ROOM));
     bus.map_or(configured, |bus| configured.min(bus))
 }
@@ -147,10 +146,8 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
             ..ApiError::payload_too_large(e.max)
         });
     }
-    let Some(publisher) = gateway.publisher.get() else {
-        return Err(ApiError::unavailable("the message bus is starting", 1));
-    };
-    publisher
+    gateway
+        .publisher
         .publish(&request.topic, body, request.event.as_deref())
         .await
         .map_err(|e| match e {

@@ -162,19 +162,13 @@ pub fn spawn<S>(
     let gateway = gateway.clone();
     tokio::spawn(async move {
         let Admitted {
-            mut sub,
+            sub,
             slot,
             guard,
             framing,
             head,
         } = admitted;
         let started = Instant::now();
-        if let Some((request, sink)) = sub.take_replay() {
-            // Older than the rings: from JetStream, ahead of the live frames.
-            if let Some(history) = gateway.history.get() {
-                tokio::spawn(history.clone().replay(request, sink));
-            }
-        }
         let report = sse_hub::serve(io, sub, head, framing, &gateway.writer).await;
         tracing::debug!(
             %peer,

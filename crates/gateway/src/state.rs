@@ -1,13 +1,13 @@
 //! What every part of the running gateway shares.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use std::num::NonZeroU32;
 
 use sse_admission::{Caps, RateLimiter};
-use sse_bus::{History, Publisher};
+use sse_bus::Publisher;
 use sse_hub::{Hub, WriterConfig};
 use tokio::sync::Notify;
 
@@ -31,10 +31,8 @@ pub struct Gateway {
     pub caps: Arc<Caps>,
     /// Open public-listener sockets per peer address (`limits.max_sockets_per_ip`).
     pub sockets: Arc<Caps>,
-    /// Replays from JetStream (set when JetStream is enabled).
-    pub history: OnceLock<History>,
-    /// The publish API's way out (set at start-up).
-    pub publisher: OnceLock<Publisher>,
+    /// The publish API's way out.
+    pub publisher: Publisher,
     draining: AtomicBool,
     /// Notified when the last stream ends.
     streams_gone: Notify,
@@ -42,7 +40,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// Shared state for `config`, `hub` and `metrics`.
-    pub fn new(config: Config, hub: Hub, metrics: Metrics) -> Arc<Self> {
+    pub fn new(config: Config, hub: Hub, publisher: Publisher, metrics: Metrics) -> Arc<Self> {
         let writer = WriterConfig {
             heartbeat: config.sse.heartbeat,
             retry: config.sse.retry,
@@ -64,8 +62,7 @@ impl Gateway {
         let caps = Caps::new(limits.max_connections, limits.max_connections_per_ip);
         let sockets = Caps::new(u64::MAX, limits.max_sockets_per_ip);
         Arc::new(Self {
-            history: OnceLock::new(),
-            publisher: OnceLock::new(),
+            publisher,
             rate,
             caps,
             sockets,

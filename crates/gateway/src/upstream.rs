@@ -7,9 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use sse_bus::{NatsBus, NatsBusConfig, Publisher};
+use sse_bus::NatsBus;
 
-use crate::config::BusKind;
 use crate::state::Gateway;
 
 /// Runs the bus and housekeeping until shutdown.
@@ -21,36 +20,10 @@ pub struct UpstreamService {
 }
 
 impl UpstreamService {
-    /// The service for `gateway`.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        if gateway.config.bus == BusKind::Memory {
-            // No broker: the publish API feeds the hub, which is always "connected".
-            gateway.hub.set_local();
-            let _ = gateway
-                .publisher
-                .set(Publisher::Memory(gateway.hub.clone()));
-            return Self {
-                bus: Mutex::new(None),
-                gateway,
-            };
-        }
-        let nats = &gateway.config.nats;
-        let bus = NatsBus::new(
-            NatsBusConfig {
-                servers: nats.servers.clone(),
-                subject_prefix: nats.subject_prefix.clone(),
-                client_name: format!("sse-gateway {}", std::process::id()),
-                connected_gauge: gateway.metrics.nats_connected.clone(),
-                jetstream: gateway.config.jetstream.clone(),
-            },
-            gateway.hub.clone(),
-        );
-        if gateway.config.jetstream.is_some() {
-            let _ = gateway.history.set(bus.history());
-        }
-        let _ = gateway.publisher.set(bus.publisher());
+    /// The service for `gateway`, running `bus` (`None`: embedded mode, no broker).
+    pub fn new(gateway: Arc<Gateway>, bus: Option<NatsBus>) -> Self {
         Self {
-            bus: Mutex::new(Some(bus)),
+            bus: Mutex::new(bus),
             gateway,
         }
     }

@@ -317,7 +317,6 @@ impl fmt::Debug for Local<'_> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use prometheus::{Histogram, Registry};
 

@@ -1,21 +1,22 @@
 //! The hub: topics, ingest, subscribe/resume, upstream demand and linger.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::budget::Budget;
 use crate::clock::Clock;
 use crate::id::{Epoch, IdFormatter, parse_id};
 use crate::metrics::HubMetrics;
-use crate::replay::ReplayRequest;
+use crate::replay::{ReplayRequest, ReplaySink};
 use crate::ring::Ring;
+use crate::seams::Source;
 use crate::subscription::{Cursor, Subscription};
 use crate::topic::TopicName;
 
@@ -68,10 +69,6 @@ pub struct HubConfig {
     pub topic_linger: Duration,
     /// Streams one topic may have at once.
     pub max_subscribers_per_topic: usize,
-    /// Topics are backed by a durable log (JetStream): ids are log positions, an outage
-    /// loses nothing (no `upstream_gap`), and ids older than the rings are replayed from
-    /// the log (see [`crate::ReplayRequest`]).
-    pub durable: bool,
 }
 
 impl Default for HubConfig {
@@ -86,7 +83,6 @@ impl Default for HubConfig {
             max_topics: 100_000,
             topic_linger: Duration::from_secs(30),
             max_subscribers_per_topic: 100_000,
-            durable: false,
         }
     }
 }
@@ -142,11 +138,9 @@ pub struct Incoming {
     pub payload: Bytes,
     /// The `Sse-Event` header, if the publisher set one.
     pub event_type: Option<String>,
-    /// When the gateway received it.
+    /// When the gateway received it, or when it was published when that is known (its
+    /// delivery latency is measured from this).
     pub received: Instant,
-    /// Set by this gateway's publish API (`Sse-Publish-Id`): the publisher waits for the
-    /// id the message gets (see [`Hub::expect_publish`]).
-    pub publish_marker: Option<u64>,
 }
 
 /// What [`Hub::ingest`] did with a message.
@@ -167,10 +161,40 @@ pub enum Ingested {
     TooLarge,
 }
 
-/// The hub. Cheap to clone; every clone is the same hub.
+/// The hub's subscriber face: streams subscribe here; operators and shutdown ask it.
+/// Cheap to clone; every clone is the same hub. Its ingest face is [`Feed`].
 #[derive(Clone, Debug)]
 pub struct Hub {
     pub(crate) inner: Arc<Inner>,
+}
+
+/// The hub's ingest face: what the bus feeding it calls (messages, the upstream
+/// connection's state, confirmations). Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    pub(crate) hub: Hub,
+}
+
+/// The upstream link, as the bus reports it ([`Feed::set_connected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Link {
+    /// Not connected yet.
+    Starting = 0,
+    /// Connected.
+    Up = 1,
+    /// Lost after having been up: what is published meanwhile may be lost (core).
+    Down = 2,
+}
+
+impl Link {
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Up,
+            2 => Self::Down,
+            _ => Self::Starting,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -189,18 +213,13 @@ pub(crate) struct Inner {
     next_topic_id: AtomicU64,
     /// The highest sequence whose frame is in its ring.
     pub watermark: AtomicU64,
-    pub connected: AtomicBool,
-    pub ever_connected: AtomicBool,
-    /// Durable mode: the log position is known and the live consumer runs.
+    /// What feeds the hub.
+    pub source: Source,
+    /// A [`Link`].
+    pub link: AtomicU8,
+    /// A log source: the log position is known and the live reader runs.
     pub log_started: AtomicBool,
-    /// Embedded mode: no upstream at all; messages are published into this process.
-    pub local: AtomicBool,
     pub closing: AtomicBool,
-    demand: Mutex<HashSet<TopicName>>,
-    demand_notify: Notify,
-    /// Publishes through this gateway waiting for their message's sequence, with the
-    /// moment each was handed to the bus (its delivery latency is measured from it).
-    pub publishes: Mutex<HashMap<u64, (oneshot::Sender<u64>, Instant)>>,
     /// Bumped when a topic's upstream subscription is confirmed or the connection
     /// state changes; waiters re-check their topics.
     pub readiness: watch::Sender<u64>,
@@ -315,12 +334,35 @@ enum Resume {
     Reset(ResetReason),
 }
 
+impl Inner {
+    /// Whether topics are backed by a durable log.
+    pub(crate) fn durable(&self) -> bool {
+        matches!(self.source, Source::Log(_))
+    }
+
+    pub(crate) fn link(&self) -> Link {
+        Link::from_u8(self.link.load(Ordering::Acquire))
+    }
+}
+
 impl Hub {
-    /// A hub whose ids carry `epoch`.
-    pub fn new(config: HubConfig, epoch: Epoch, metrics: HubMetrics) -> Self {
+    /// A hub fed by `source`, whose ids carry `epoch`: its subscriber face and its ingest
+    /// face (give the [`Feed`] to the bus behind `source`).
+    pub fn new(
+        config: HubConfig,
+        epoch: Epoch,
+        metrics: HubMetrics,
+        source: Source,
+    ) -> (Hub, Feed) {
         let ids = IdFormatter::new(&epoch);
         let budget = Budget::new(config.max_ring_bytes);
-        Self {
+        // Without a broker there is nothing to wait for.
+        let link = if matches!(source, Source::Local) {
+            Link::Up
+        } else {
+            Link::Starting
+        };
+        let hub = Self {
             inner: Arc::new(Inner {
                 config,
                 clock: Clock::new(),
@@ -334,17 +376,15 @@ impl Hub {
                 }),
                 next_topic_id: AtomicU64::new(1),
                 watermark: AtomicU64::new(0),
-                connected: AtomicBool::new(false),
-                ever_connected: AtomicBool::new(false),
+                source,
+                link: AtomicU8::new(link as u8),
                 log_started: AtomicBool::new(false),
-                local: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
-                demand: Mutex::new(HashSet::new()),
-                publishes: Mutex::new(HashMap::new()),
-                demand_notify: Notify::new(),
                 readiness: watch::channel(0).0,
             }),
-        }
+        };
+        let feed = Feed { hub: hub.clone() };
+        (hub, feed)
     }
 
     /// The epoch of this hub's ids.
@@ -413,7 +453,7 @@ impl Hub {
         // Every frame up to the watermark is in its ring; the positions below are
         // computed against it so that all topics of the stream agree.
         let watermark = inner.watermark.load(Ordering::Acquire);
-        let durable = inner.config.durable;
+        let durable = inner.durable();
         let epoch = self.epoch();
         let window = inner.config.replay_window;
         let in_rings = |seq: u64| {
@@ -469,8 +509,9 @@ impl Hub {
             Resume::Reset(reason) => Some(self.reset_frame(watermark, reason)),
             Resume::Live | Resume::From(_) | Resume::FromLog { .. } => None,
         };
-        let replay = match resume {
-            Resume::FromLog { epoch, after } => Some(ReplayRequest {
+        let mut sub = Subscription::new(self.clone(), cursors, reset, replayed);
+        if let (Resume::FromLog { epoch, after }, Source::Log(history)) = (resume, &inner.source) {
+            let request = ReplayRequest {
                 topics: unique,
                 epoch,
                 after,
@@ -478,12 +519,12 @@ impl Hub {
                     .log_started
                     .load(Ordering::Acquire)
                     .then_some(watermark),
-            }),
-            _ => None,
-        };
-        let mut sub = Subscription::new(self.clone(), cursors, reset, replayed);
-        if let Some(request) = replay {
-            sub.start_replay(request);
+            };
+            // The stream waits for the replay before its live frames; the log serves it
+            // on a task of its own.
+            let (sink, rx) = ReplaySink::channel();
+            sub.start_replay(rx);
+            tokio::spawn(history.replay(request, sink));
         }
         Ok(sub)
     }
@@ -535,7 +576,7 @@ impl Hub {
         // made): resuming on it from any existing id is refused. A durable log's live
         // consumer reads every subject, so after the watermark nothing is missed.
         let watermark = inner.watermark.load(Ordering::Acquire);
-        let complete_after = if inner.config.durable {
+        let complete_after = if inner.durable() {
             watermark
         } else {
             watermark + 1
@@ -550,16 +591,18 @@ impl Hub {
             complete_after,
         ));
         topic.meta.lock().subscribers = 1;
-        if !inner.config.durable
-            && !inner.connected.load(Ordering::Acquire)
-            && inner.ever_connected.load(Ordering::Acquire)
-        {
+        if matches!(inner.source, Source::Core(_)) && inner.link() == Link::Down {
+            // Opened during an outage: its readers get the gap when the link is back.
             topic.gap_pending.store(true, Ordering::Release);
         }
         topics.insert(topic.clone());
         inner.metrics.topics_active.set(topics.by_name.len() as i64);
+        // Under the topic table's lock: the upstream hears of topics in the order they
+        // come and go.
+        if let Source::Core(upstream) = &inner.source {
+            upstream.open(name);
+        }
         drop(topics);
-        self.mark_demand(name);
         Ok(topic)
     }
 
@@ -567,20 +610,23 @@ impl Hub {
     /// upstream is disconnected (streams are then accepted and kept alive), or `timeout`
     /// passes. Returns whether the subscriptions were confirmed.
     pub async fn wait_upstream(&self, sub: &Subscription, timeout: Duration) -> bool {
+        let topics: Vec<Arc<Topic>> = sub.topics().cloned().collect();
+        self.wait_ready(&topics, timeout).await
+    }
+
+    /// [`Hub::wait_upstream`] for `topics`.
+    pub(crate) async fn wait_ready(&self, topics: &[Arc<Topic>], timeout: Duration) -> bool {
         let mut changes = self.inner.readiness.subscribe();
         let deadline = Instant::now() + timeout;
         loop {
-            if self.inner.local.load(Ordering::Acquire) {
-                return true;
-            }
-            if !self.inner.connected.load(Ordering::Acquire) {
+            if self.inner.link() != Link::Up {
                 return false;
             }
-            let ready = if self.inner.config.durable {
-                // One consumer reads every subject of the log.
-                self.inner.log_started.load(Ordering::Acquire)
-            } else {
-                sub.topics().all(|t| t.meta.lock().upstream_ready)
+            let ready = match self.inner.source {
+                Source::Local => true,
+                // One reader reads every subject of the log.
+                Source::Log(_) => self.inner.log_started.load(Ordering::Acquire),
+                Source::Core(_) => topics.iter().all(|t| t.meta.lock().upstream_ready),
             };
             if ready {
                 return true;
@@ -592,38 +638,6 @@ impl Hub {
                 return false;
             }
         }
-    }
-
-    // ----- upstream demand ---------------------------------------------------------
-
-    fn mark_demand(&self, topic: &TopicName) {
-        if self.inner.config.durable {
-            // One consumer reads the whole log: topics need no subscriptions of their own.
-            return;
-        }
-        self.inner.demand.lock().insert(topic.clone());
-        self.inner.demand_notify.notify_one();
-    }
-
-    /// Resolves when [`Hub::take_demand_changes`] has something to return.
-    pub async fn demand_changed(&self) {
-        self.inner.demand_notify.notified().await;
-    }
-
-    /// Topics whose wish for an upstream subscription may have changed since the last
-    /// call; ask [`Hub::wants`] for the current wish of each.
-    pub fn take_demand_changes(&self) -> Vec<TopicName> {
-        self.inner.demand.lock().drain().collect()
-    }
-
-    /// Whether `topic` wants an upstream subscription now.
-    pub fn wants(&self, topic: &TopicName) -> bool {
-        self.inner.topics.lock().by_name.contains_key(topic)
-    }
-
-    /// Every topic that wants an upstream subscription now.
-    pub fn wanted_topics(&self) -> Vec<TopicName> {
-        self.inner.topics.lock().by_name.keys().cloned().collect()
     }
 
     // ----- linger and shutdown -----------------------------------------------------
@@ -650,13 +664,15 @@ impl Hub {
                 .wildcards
                 .retain(|t| !removed.iter().any(|r| Arc::ptr_eq(r, t)));
             inner.metrics.topics_active.set(topics.by_name.len() as i64);
+            if let Source::Core(upstream) = &inner.source {
+                for topic in &removed {
+                    tracing::debug!(topic = %topic.name, "topic idle past linger; dropping its upstream subscription");
+                    upstream.close(&topic.name);
+                }
+            }
         }
         if !removed.is_empty() {
             self.retire(&removed);
-        }
-        for topic in &removed {
-            tracing::debug!(topic = %topic.name, "topic idle past linger; dropping its upstream subscription");
-            self.mark_demand(&topic.name);
         }
         removed.len()
     }

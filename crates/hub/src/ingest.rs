@@ -5,15 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 use crate::hub::{
-    FrameTooLarge, Hub, Incoming, IngestState, Ingested, RESET_EVENT, ResetReason, SubscribeError,
-    Topic,
+    Feed, FrameTooLarge, Hub, Incoming, IngestState, Ingested, Link, RESET_EVENT, ResetReason,
+    SubscribeError, Topic,
 };
 use crate::id::{Epoch, IdFormatter};
 use crate::ring::Entry;
+use crate::seams::Source;
 use crate::topic::TopicName;
 
 impl Hub {
@@ -82,67 +81,6 @@ impl Hub {
         )))
     }
 
-    // ----- ingest ------------------------------------------------------------------
-
-    /// Validates, encodes once and stores an upstream message for `topic`, then wakes
-    /// the topic's readers.
-    pub fn ingest(&self, topic: &TopicName, msg: Incoming) -> Ingested {
-        let inner = &self.inner;
-        inner.metrics.upstream_messages.inc();
-        let data = match self.validate(&msg) {
-            Ok(data) => data,
-            Err(outcome) => return outcome,
-        };
-        let Some(topic) = inner.topics.lock().by_name.get(topic).cloned() else {
-            return Ingested::NoSuchTopic;
-        };
-        let seq_hint = inner.watermark.load(Ordering::Acquire) + 1;
-        let Some(body) = self.prepare(topic.name.as_str(), &msg, data, seq_hint) else {
-            return Ingested::TooLarge;
-        };
-        if topic.gap_pending.load(Ordering::Acquire) {
-            // The first message after an outage: its reset frame goes first.
-            self.push_gaps(self.all_topics(), true);
-        }
-        // A publish through this gateway is timed from when it was handed to the bus.
-        let received = inner.clock.nanos(
-            msg.publish_marker
-                .and_then(|marker| inner.publishes.lock().get(&marker).map(|p| p.1))
-                .unwrap_or(msg.received),
-        );
-        let mut graveyard = Graveyard::take();
-        let seq = {
-            let mut ingest = inner.ingest.lock();
-            if topic.retired.load(Ordering::Acquire) {
-                return Ingested::NoSuchTopic;
-            }
-            ingest.seq += 1;
-            let seq = ingest.seq;
-            let frame = body.frame(&mut ingest.ids, seq, &msg, data);
-            let entry = Entry {
-                seq,
-                frame,
-                received,
-            };
-            ingest.budget.push(&topic, entry, &mut graveyard);
-            inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
-            if let Some(marker) = msg.publish_marker {
-                self.published(marker, seq);
-            }
-            inner.watermark.store(seq, Ordering::Release);
-            seq
-        };
-        graveyard.bury();
-        topic.notify.notify_waiters();
-        Ingested::Stored(seq)
-    }
-
-    /// Puts a `gateway.reset` `upstream_gap` frame into every active topic now (upstream
-    /// reported lost messages, e.g. a slow-consumer drop inside the NATS client).
-    pub fn upstream_gap(&self) {
-        self.push_gaps(self.all_topics(), false);
-    }
-
     pub(crate) fn all_topics(&self) -> Vec<Arc<Topic>> {
         self.inner.topics.lock().by_name.values().cloned().collect()
     }
@@ -186,134 +124,14 @@ impl Hub {
         encode_reset(ids.format(seq), reason)
     }
 
-    // ----- upstream connection -----------------------------------------------------
-
-    /// Records whether the upstream (NATS) connection is up.
-    ///
-    /// Losing it puts one `upstream_gap` reset into every active topic at once; topics
-    /// opened while it is down get theirs when it is back (or before their first
-    /// message, whichever comes first). Clients thus see the reset before any event of
-    /// the new connection.
-    pub fn set_connected(&self, connected: bool) {
-        let inner = &self.inner;
-        let was = inner.connected.swap(connected, Ordering::AcqRel);
-        if inner.config.durable {
-            // A durable log's consumer resumes where it stopped: nothing is lost.
-        } else if connected {
-            inner.ever_connected.store(true, Ordering::Release);
-            // Topics opened during the outage owe their readers a reset.
-            self.push_gaps(self.all_topics(), true);
-        } else if was {
-            // Whatever is published until the new connection is up may be lost: say so
-            // now, ahead of any message of the new connection.
-            self.push_gaps(self.all_topics(), false);
-        }
-        inner.readiness.send_modify(|v| *v += 1);
-    }
-
-    /// Durable mode: the last log position read (0 before the log started).
-    pub fn log_position(&self) -> u64 {
-        self.inner.watermark.load(Ordering::Acquire)
-    }
-
-    /// Embedded mode: there is no upstream; every topic is ready and the hub counts as
-    /// connected. Messages arrive through [`Hub::publish_local`].
-    pub fn set_local(&self) {
-        self.inner.local.store(true, Ordering::Release);
-        self.inner.connected.store(true, Ordering::Release);
-        self.inner.ever_connected.store(true, Ordering::Release);
-        self.inner.readiness.send_modify(|v| *v += 1);
-    }
-
-    /// Whether the upstream connection is up.
+    /// Whether the upstream connection is up (always, without a broker).
     pub fn is_connected(&self) -> bool {
-        self.inner.connected.load(Ordering::Acquire)
-    }
-
-    /// Records that `topic`'s upstream subscription is in place: messages published from
-    /// now on reach the hub.
-    pub fn upstream_ready(&self, topic: &TopicName) {
-        if let Some(t) = self.inner.topics.lock().by_name.get(topic) {
-            t.meta.lock().upstream_ready = true;
-        }
-        self.inner.readiness.send_modify(|v| *v += 1);
+        self.inner.link() == Link::Up
     }
 
     // ----- publishing through this gateway --------------------------------------------
 
-    /// Registers a publish through this gateway: the returned receiver gets the sequence
-    /// its message (carrying `marker`) is stored under, when it comes back from upstream.
-    /// Its delivery latency is measured from `started`, when the message was handed to
-    /// the bus.
-    pub fn expect_publish(&self, marker: u64, started: Instant) -> PublishWaiter {
-        let (tx, rx) = oneshot::channel();
-        self.inner.publishes.lock().insert(marker, (tx, started));
-        PublishWaiter {
-            hub: self.clone(),
-            marker,
-            rx,
-        }
-    }
-
-    fn published(&self, marker: u64, seq: u64) {
-        if let Some((tx, _)) = self.inner.publishes.lock().remove(&marker) {
-            let _ = tx.send(seq);
-        }
-    }
-
-    /// Embedded mode: stores a message published to this process directly, creating the
-    /// topic if needed (it then lingers like any topic, so a client resuming soon after
-    /// still gets the message). Returns what happened and, when stored, the event id.
-    /// Creating the topic counts against `max_topics`.
-    pub fn publish_local(
-        &self,
-        topic: &TopicName,
-        msg: Incoming,
-    ) -> Result<(Ingested, Option<String>), SubscribeError> {
-        let held = self.acquire_for_publish(topic)?;
-        let outcome = self.ingest(topic, msg);
-        held.release();
-        let id = match outcome {
-            Ingested::Stored(seq) => Some(self.event_id(seq)),
-            _ => None,
-        };
-        Ok((outcome, id))
-    }
-
-    /// The event id of sequence `seq` in this hub's epoch.
-    pub fn event_id(&self, seq: u64) -> String {
-        IdFormatter::new(&self.epoch()).format(seq).to_owned()
-    }
-
     // ----- durable log -------------------------------------------------------------
-
-    /// Durable mode: the live consumer starts reading the log after position
-    /// `last_seq`, whose ids carry `epoch`. Streams opened before see everything after
-    /// it; resumes older than it are replayed from the log.
-    pub fn start_log(&self, epoch: Epoch, last_seq: u64) {
-        let inner = &self.inner;
-        let mut graveyard = Graveyard::take();
-        {
-            let mut ingest = inner.ingest.lock();
-            let changed = *inner.epoch.read() != epoch;
-            if changed {
-                tracing::info!(%epoch, last_seq, "event ids follow the log");
-                ingest.ids = IdFormatter::new(&epoch);
-                *inner.epoch.write() = epoch;
-                for topic in self.all_topics() {
-                    ingest.budget.clear(&topic, last_seq, &mut graveyard);
-                }
-                inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
-            }
-            if changed || last_seq > ingest.seq {
-                ingest.seq = last_seq;
-                inner.watermark.store(last_seq, Ordering::Release);
-            }
-        }
-        graveyard.bury();
-        inner.log_started.store(true, Ordering::Release);
-        inner.readiness.send_modify(|v| *v += 1);
-    }
 
     /// Forgets the rings of topics the hub let go: their bytes leave the budget now, and
     /// a message still on its way to one of them is not stored.
@@ -338,17 +156,202 @@ impl Hub {
         self.inner.ingest.lock().budget.total()
     }
 
+    /// Encodes a frame of this hub's epoch (replays from a durable log).
+    pub(crate) fn encode_logged(&self, seq: u64, msg: &Incoming) -> Option<Bytes> {
+        let data = std::str::from_utf8(&msg.payload).ok()?;
+        if msg
+            .event_type
+            .as_deref()
+            .is_some_and(|e| !is_publisher_event_type(e))
+        {
+            return None;
+        }
+        let mut ids = IdFormatter::new(&self.epoch());
+        Some(encode_event(&mut ids, seq, msg.event_type.as_deref(), data))
+    }
+}
+
+impl Feed {
+    /// Validates, encodes once and stores an upstream message for `topic`, then wakes
+    /// the topic's readers.
+    pub fn ingest(&self, topic: &TopicName, msg: Incoming) -> Ingested {
+        let inner = &self.hub.inner;
+        inner.metrics.upstream_messages.inc();
+        let data = match self.hub.validate(&msg) {
+            Ok(data) => data,
+            Err(outcome) => return outcome,
+        };
+        let Some(topic) = inner.topics.lock().by_name.get(topic).cloned() else {
+            return Ingested::NoSuchTopic;
+        };
+        let seq_hint = inner.watermark.load(Ordering::Acquire) + 1;
+        let Some(body) = self.hub.prepare(topic.name.as_str(), &msg, data, seq_hint) else {
+            return Ingested::TooLarge;
+        };
+        if topic.gap_pending.load(Ordering::Acquire) {
+            // The first message after an outage: its reset frame goes first.
+            self.hub.push_gaps(self.hub.all_topics(), true);
+        }
+        let received = inner.clock.nanos(msg.received);
+        let mut graveyard = Graveyard::take();
+        let seq = {
+            let mut ingest = inner.ingest.lock();
+            if topic.retired.load(Ordering::Acquire) {
+                return Ingested::NoSuchTopic;
+            }
+            ingest.seq += 1;
+            let seq = ingest.seq;
+            let frame = body.frame(&mut ingest.ids, seq, &msg, data);
+            let entry = Entry {
+                seq,
+                frame,
+                received,
+            };
+            ingest.budget.push(&topic, entry, &mut graveyard);
+            inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
+            inner.watermark.store(seq, Ordering::Release);
+            seq
+        };
+        graveyard.bury();
+        topic.notify.notify_waiters();
+        Ingested::Stored(seq)
+    }
+
+    /// Puts a `gateway.reset` `upstream_gap` frame into every active topic now (upstream
+    /// reported lost messages, e.g. a slow-consumer drop inside the NATS client).
+    pub fn upstream_gap(&self) {
+        self.hub.push_gaps(self.hub.all_topics(), false);
+    }
+
+    /// Records whether the upstream (NATS) connection is up.
+    ///
+    /// Losing it puts one `upstream_gap` reset into every active topic at once; topics
+    /// opened while it is down get theirs when it is back (or before their first
+    /// message, whichever comes first). Clients thus see the reset before any event of
+    /// the new connection.
+    pub fn set_connected(&self, connected: bool) {
+        let inner = &self.hub.inner;
+        let now = if connected { Link::Up } else { Link::Down };
+        let was = Link::from_u8(inner.link.swap(now as u8, Ordering::AcqRel));
+        match (&inner.source, was, now) {
+            // A durable log's reader resumes where it stopped: nothing is lost. Without
+            // a broker there is no connection to lose.
+            (Source::Log(_) | Source::Local, ..) => {}
+            // Topics opened during the outage owe their readers a reset.
+            (Source::Core(_), _, Link::Up) => self.hub.push_gaps(self.hub.all_topics(), true),
+            // Whatever is published until the new connection is up may be lost: say so
+            // now, ahead of any message of the new connection.
+            (Source::Core(_), Link::Up, _) => self.hub.push_gaps(self.hub.all_topics(), false),
+            (Source::Core(_), ..) => {}
+        }
+        inner.readiness.send_modify(|v| *v += 1);
+    }
+
+    /// Durable mode: the last log position read (0 before the log started).
+    pub fn log_position(&self) -> u64 {
+        self.hub.inner.watermark.load(Ordering::Acquire)
+    }
+
+    /// Records that `topic`'s upstream subscription is in place: messages published from
+    /// now on reach the hub.
+    pub fn upstream_ready(&self, topic: &TopicName) {
+        if let Some(t) = self.hub.inner.topics.lock().by_name.get(topic) {
+            t.meta.lock().upstream_ready = true;
+        }
+        self.hub.inner.readiness.send_modify(|v| *v += 1);
+    }
+
+    /// Embedded mode: stores a message published to this process directly, creating the
+    /// topic if needed (it then lingers like any topic, so a client resuming soon after
+    /// still gets the message). Returns what happened and, when stored, the event id.
+    /// Creating the topic counts against `max_topics`.
+    pub fn publish_local(
+        &self,
+        topic: &TopicName,
+        msg: Incoming,
+    ) -> Result<(Ingested, Option<String>), SubscribeError> {
+        let held = self.hold(topic)?;
+        let outcome = self.ingest(topic, msg);
+        drop(held);
+        let id = match outcome {
+            Ingested::Stored(seq) => Some(self.event_id(seq)),
+            _ => None,
+        };
+        Ok((outcome, id))
+    }
+
+    /// Keeps `topic` active (creating it, counted against `max_topics`, not against its
+    /// subscriber cap) while the returned guard lives: a publish through this process
+    /// holds it until its message comes back from upstream.
+    pub fn hold(&self, topic: &TopicName) -> Result<Held, SubscribeError> {
+        Ok(Held {
+            topic: self.hub.acquire_for_publish(topic)?,
+        })
+    }
+
+    /// Waits until `held`'s upstream subscription is confirmed (see
+    /// [`Hub::wait_upstream`]); `false` when the upstream is down or after `timeout`.
+    pub async fn wait_held(&self, held: &Held, timeout: std::time::Duration) -> bool {
+        self.hub
+            .wait_ready(std::slice::from_ref(&held.topic), timeout)
+            .await
+    }
+
+    /// The epoch of this hub's ids.
+    pub fn epoch(&self) -> Epoch {
+        self.hub.epoch()
+    }
+
+    /// Whether the upstream connection is up (always, without a broker).
+    pub fn is_connected(&self) -> bool {
+        self.hub.is_connected()
+    }
+
+    /// The event id of sequence `seq` in this hub's epoch.
+    pub fn event_id(&self, seq: u64) -> String {
+        IdFormatter::new(&self.hub.epoch()).format(seq).to_owned()
+    }
+
+    /// Durable mode: the live consumer starts reading the log after position
+    /// `last_seq`, whose ids carry `epoch`. Streams opened before see everything after
+    /// it; resumes older than it are replayed from the log.
+    pub fn start_log(&self, epoch: Epoch, last_seq: u64) {
+        let inner = &self.hub.inner;
+        let mut graveyard = Graveyard::take();
+        {
+            let mut ingest = inner.ingest.lock();
+            let changed = *inner.epoch.read() != epoch;
+            if changed {
+                tracing::info!(%epoch, last_seq, "event ids follow the log");
+                ingest.ids = IdFormatter::new(&epoch);
+                *inner.epoch.write() = epoch;
+                for topic in self.hub.all_topics() {
+                    ingest.budget.clear(&topic, last_seq, &mut graveyard);
+                }
+                inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
+            }
+            if changed || last_seq > ingest.seq {
+                ingest.seq = last_seq;
+                inner.watermark.store(last_seq, Ordering::Release);
+            }
+        }
+        graveyard.bury();
+        inner.log_started.store(true, Ordering::Release);
+        inner.readiness.send_modify(|v| *v += 1);
+    }
+
     /// Durable mode: the message at log position `seq`, published on `subject` (a topic
     /// name without wildcards), goes into every active topic it matches — wildcard
     /// topics included — encoded once with id `<epoch>-<seq>`.
     pub fn ingest_logged(&self, subject: &str, seq: u64, msg: Incoming) -> Ingested {
-        let inner = &self.inner;
+        let inner = &self.hub.inner;
         inner.metrics.upstream_messages.inc();
         let topics = inner.topics.lock().matching(subject);
-        let body = match self.validate(&msg) {
+        let body = match self.hub.validate(&msg) {
             Err(outcome) => Err(outcome),
             Ok(_) if topics.is_empty() => Err(Ingested::NoSuchTopic),
             Ok(data) => self
+                .hub
                 .prepare(subject, &msg, data, seq)
                 .map(|body| (body, data))
                 .ok_or(Ingested::TooLarge),
@@ -391,19 +394,17 @@ impl Hub {
         }
         outcome
     }
+}
 
-    /// Encodes a frame of this hub's epoch (replays from a durable log).
-    pub fn encode_logged(&self, seq: u64, msg: &Incoming) -> Option<Bytes> {
-        let data = std::str::from_utf8(&msg.payload).ok()?;
-        if msg
-            .event_type
-            .as_deref()
-            .is_some_and(|e| !is_publisher_event_type(e))
-        {
-            return None;
-        }
-        let mut ids = IdFormatter::new(&self.epoch());
-        Some(encode_event(&mut ids, seq, msg.event_type.as_deref(), data))
+/// A topic kept active by [`Feed::hold`]; released when dropped.
+#[derive(Debug)]
+pub struct Held {
+    topic: Arc<Topic>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.topic.release();
     }
 }
 
@@ -587,31 +588,8 @@ fn encode_reset(id: &str, reason: ResetReason) -> Bytes {
     frame.freeze()
 }
 
-/// A publish through this gateway waiting for its message's sequence; unregisters when
-/// dropped.
-#[derive(Debug)]
-pub struct PublishWaiter {
-    hub: Hub,
-    marker: u64,
-    rx: oneshot::Receiver<u64>,
-}
-
-impl PublishWaiter {
-    /// The sequence the message was stored under, or `None` after `timeout`.
-    pub async fn sequence(mut self, timeout: std::time::Duration) -> Option<u64> {
-        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
-    }
-}
-
-impl Drop for PublishWaiter {
-    fn drop(&mut self) {
-        self.hub.inner.publishes.lock().remove(&self.marker);
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -1,20 +1,22 @@
 //! The hub of sse-gateway: topics, replay rings, fan-out and resume.
 //!
-//! Upstream messages enter through [`Hub::ingest`]; each is validated, given the next
-//! hub sequence, encoded ONCE into an SSE frame (`id:`, optional `event:`, `data:`
-//! lines) and pushed into its topic's ring, a bounded run of recent frames shared by
-//! every stream of the topic. A stream is a [`Subscription`] (one cursor per topic) served
-//! by [`serve`], which copies frames from the rings into its socket writes (and, while
-//! a socket is full, keeps references to the frames it still owes, not copies). The
-//! hub knows neither NATS nor HTTP: the bus adapter calls `ingest`, `set_connected` and
-//! `upstream_ready`, and follows [`Hub::take_demand_changes`] to (un)subscribe upstream;
-//! the gateway hands `serve` a byte stream.
+//! A hub has two faces, made together by [`Hub::new`]: the [`Hub`] that streams
+//! subscribe to, and the [`Feed`] the bus feeding it calls. Messages enter through
+//! [`Feed::ingest`]; each is validated, given the next hub sequence, encoded ONCE into an
+//! SSE frame (`id:`, optional `event:`, `data:` lines) and pushed into its topic's ring, a
+//! bounded run of recent frames shared by every stream of the topic. A stream is a
+//! [`Subscription`] (one cursor per topic) served by [`serve`], which copies frames from
+//! the rings into its socket writes (and, while a socket is full, keeps references to the
+//! frames it still owes, not copies). The hub knows neither NATS nor HTTP: it asks its
+//! [`Source`] — an [`Upstream`] to (un)subscribe topics, or a [`History`] to replay from a
+//! durable log — through the traits of [`seams`], and the gateway hands `serve` a byte
+//! stream.
 //!
 //! ```
 //! use std::time::Duration;
-//! use sse_hub::{Epoch, Hub, HubConfig, HubMetrics, Incoming, TopicName};
+//! use sse_hub::{Epoch, Hub, HubConfig, HubMetrics, Incoming, Source, TopicName};
 //!
-//! let hub = Hub::new(
+//! let (hub, feed) = Hub::new(
 //!     HubConfig {
 //!         replay_window: 16,
 //!         client_buffer: 8,
@@ -23,14 +25,14 @@
 //!     },
 //!     Epoch::new("doc").unwrap(),
 //!     HubMetrics::unregistered(),
+//!     Source::Local,
 //! );
 //! let topic = TopicName::parse("orders.42", false).unwrap();
 //! let mut sub = hub.subscribe(&[topic.clone()], None).unwrap();
-//! hub.ingest(&topic, Incoming {
+//! feed.ingest(&topic, Incoming {
 //!     payload: "hello".into(),
 //!     event_type: None,
 //!     received: tokio::time::Instant::now(),
-//!     publish_marker: None,
 //! });
 //! let mut out = bytes::BytesMut::new();
 //! sub.drain_into(&mut out, 64, 64 * 1024);
@@ -70,15 +72,15 @@
 //! `max_ring_bytes` of frames in its rings, and a stream at most `client_buffer_bytes`
 //! behind (the frames it still owes are the rings' own, shared by every stream that owes
 //! them), so a process serving `n` streams stays under
-//! `max_ring_bytes + client_buffer_bytes × n` plus a fixed base (SPEC §10). Sizes are
+//! `max_ring_bytes + client_buffer_bytes × n` plus a fixed base (protocol §10). Sizes are
 //! encoded sizes. A message whose frame is larger than [`HubConfig::max_frame_bytes`] is
 //! dropped at ingest ([`Ingested::TooLarge`]; see [`Hub::check_frame_size`]). At most
 //! `max_topics` topics are active.
 //!
 //! ## Delivery latency
 //! Every delivered event is one observation of [`HubMetrics::delivery_latency`], made when
-//! its last byte is taken by the socket, counting from [`Incoming::received`] (or, for a
-//! publish through this gateway, from [`Hub::expect_publish`]'s start).
+//! its last byte is taken by the socket, counting from [`Incoming::received`] (which the
+//! bus sets to the publish time when it knows it).
 //!
 //! ## Upstream gaps
 //! When the upstream connection drops, every active topic gets one `gateway.reset`
@@ -99,6 +101,7 @@ mod metrics;
 mod owed;
 mod replay;
 mod ring;
+pub mod seams;
 mod subscription;
 mod topic;
 mod writer;
@@ -108,12 +111,14 @@ mod tests;
 
 pub use histogram::{HistogramError, Local, MAX_BUCKETS, ShardedHistogram};
 pub use hub::{
-    FrameTooLarge, Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason, SubscribeError,
+    Feed, FrameTooLarge, Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason,
+    SubscribeError,
 };
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
-pub use ingest::PublishWaiter;
+pub use ingest::Held;
 pub use metrics::HubMetrics;
 pub use replay::{ReplayItem, ReplayRequest, ReplaySink, StreamGone};
+pub use seams::{History, SeamFuture, Source, Upstream};
 pub use subscription::{Drained, Subscription};
 pub use topic::{MAX_TOPIC_LEN, TopicError, TopicName};
 pub use writer::{BodyFraming, StreamEnd, StreamReport, WriterConfig, serve};

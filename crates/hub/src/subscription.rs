@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hub::{Hub, Topic};
-use crate::replay::{ReplayItem, ReplayRequest, ReplaySink};
+use crate::replay::ReplayItem;
 use crate::topic::TopicName;
 
 /// One topic of a subscription and how far this stream has read it.
@@ -166,8 +166,6 @@ pub struct Subscription {
 
 /// A replay from the durable log in progress: drained before the rings.
 struct Replay {
-    /// Until taken by whoever serves it.
-    request: Option<(ReplayRequest, ReplaySink)>,
     rx: mpsc::Receiver<ReplayItem>,
     peeked: Option<ReplayItem>,
 }
@@ -195,21 +193,10 @@ impl Subscription {
         }
     }
 
-    /// Durable mode: frames before the rings come from the log.
-    pub(crate) fn start_replay(&mut self, request: ReplayRequest) {
-        let (sink, rx) = ReplaySink::channel();
-        self.replay = Some(Replay {
-            request: Some((request, sink)),
-            rx,
-            peeked: None,
-        });
-    }
-
-    /// The replay this stream needs from the durable log, if any, with the sink to send
-    /// it into. Returned once; until it is served the stream waits before its live
-    /// frames.
-    pub fn take_replay(&mut self) -> Option<(ReplayRequest, ReplaySink)> {
-        self.replay.as_mut()?.request.take()
+    /// Durable mode: frames before the rings come from the log, through `rx` (the hub
+    /// gave the sending end to its [`crate::History`]).
+    pub(crate) fn start_replay(&mut self, rx: mpsc::Receiver<ReplayItem>) {
+        self.replay = Some(Replay { rx, peeked: None });
     }
 
     /// Whether a replay from the log is still in progress.

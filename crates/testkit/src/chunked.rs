@@ -200,7 +200,6 @@ pub fn dechunk(framed: &[u8]) -> Result<(Vec<u8>, bool), ChunkError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -445,7 +445,6 @@ fn log_tail(log: &str, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use async_nats::jetstream;

@@ -331,7 +331,6 @@ fn find_header_str<'a>(headers: &[(&str, &'a str)], name: &str) -> Option<&'a st
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use tokio::net::TcpListener;

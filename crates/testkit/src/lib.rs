@@ -56,7 +56,7 @@ pub use metrics::{Metrics, Sample};
 pub use nats::{NatsServer, nats_server_bin};
 pub use sse::{SseStream, SseStreamBuilder, StreamEnd};
 pub use sse_framing::{Event, Item};
-pub use wait::{DEFAULT_TIMEOUT, eventually, free_port, free_ports};
+pub use wait::{DEFAULT_TIMEOUT, WAIT, eventually, free_port, free_ports};
 
 use anyhow::Context as _;
 

@@ -229,7 +229,6 @@ fn parse_value(s: &str) -> anyhow::Result<f64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

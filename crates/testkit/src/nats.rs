@@ -477,7 +477,6 @@ pub fn nats_server_bin() -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use futures::StreamExt as _;

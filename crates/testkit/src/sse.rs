@@ -401,7 +401,6 @@ impl SseStream {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
     use tokio::net::TcpListener;

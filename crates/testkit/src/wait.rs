@@ -6,9 +6,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How long one network wait may take unless a caller says otherwise: long enough for a
-/// loaded CI machine, short enough that a broken gateway fails a test instead of hanging.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long anything a test waits for may take (a response, an event, a metric to
+/// reach a value) unless the test says otherwise: long enough for a loaded 2-core CI
+/// machine, short enough that a broken gateway fails a test instead of hanging it. The
+/// one bound of every test suite of the workspace.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The default bound of the testkit's own network waits: [`WAIT`].
+pub const DEFAULT_TIMEOUT: Duration = WAIT;
 
 /// Pause between two attempts of [`eventually`].
 const POLL_INTERVAL: Duration = Duration::from_millis(25);
@@ -86,7 +91,6 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
 
     use super::*;
 

@@ -1,5 +1,3 @@
-#![allow(clippy::unwrap_used)]
-
 use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
 use serde_json::{Value, json};
 

@@ -1,7 +1,5 @@
 //! Decoder cases, most taken from the WHATWG spec's examples.
 
-#![allow(clippy::unwrap_used)]
-
 use super::*;
 
 /// Decodes `input` fed in one chunk, then in chunks of every size from 1 to 7,

@@ -319,9 +319,14 @@ impl Http1<'_> {
     ) -> Option<Next> {
         let gateway = &self.app.gateway;
         let server = &gateway.config.server;
-        if head.body == BodyLength::Chunked
-            && let Err(e) = self.first_chunk_line(&mut stream, head.len).await
-        {
+        let checked = match head.check_for_proxy() {
+            Err(e) => Err(e),
+            Ok(()) if head.body == BodyLength::Chunked => {
+                self.first_chunk_line(&mut stream, head.len).await
+            }
+            Ok(()) => Ok(()),
+        };
+        if let Err(e) = checked {
             let (rejection, error) = ApiError::from_head(&e);
             gateway.metrics.count(Outcome::BadRequest);
             gateway.metrics.reject(rejection);

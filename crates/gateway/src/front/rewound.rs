@@ -69,7 +69,6 @@ impl Peek for Rewound {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use tokio::io::AsyncReadExt;
 

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use proptest::prelude::*;
 
 use super::{decode, msg, topic};
-use crate::{Epoch, Hub, HubConfig, HubMetrics, Ingested, Subscription};
+use crate::{Hub, HubConfig, Ingested, Subscription};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -107,19 +107,15 @@ fn check_budgets(hub: &Hub, b: &Budgets) -> Result<(), TestCaseError> {
 proptest! {
     #[test]
     fn readers_get_prefixes_and_rings_stay_within_budgets(ops in ops(), b in budgets()) {
-        let hub = Hub::new(
-            HubConfig {
-                replay_window: b.window,
-                client_buffer: b.client_buffer,
-                replay_bytes: b.replay_bytes,
-                client_buffer_bytes: b.replay_bytes,
-                max_ring_bytes: b.max_ring_bytes,
-                topic_linger: Duration::from_secs(30),
-                ..HubConfig::default()
-            },
-            Epoch::new("t").unwrap(),
-            HubMetrics::unregistered(),
-        );
+        let ((hub, feed), _) = super::core_hub(HubConfig {
+            replay_window: b.window,
+            client_buffer: b.client_buffer,
+            replay_bytes: b.replay_bytes,
+            client_buffer_bytes: b.replay_bytes,
+            max_ring_bytes: b.max_ring_bytes,
+            topic_linger: Duration::from_secs(30),
+            ..HubConfig::default()
+        });
         let names = [topic("a"), topic("b"), topic("c")];
         // Readers: a, b, a+b, a+b+c.
         let sets: [&[usize]; 4] = [&[0], &[1], &[0, 1], &[0, 1, 2]];
@@ -137,7 +133,7 @@ proptest! {
                 Op::Publish { topic, size } => {
                     n += 1;
                     let payload = format!("{n}:{}", "x\n".repeat(size / 2));
-                    match hub.ingest(&names[topic], msg(&payload)) {
+                    match feed.ingest(&names[topic], msg(&payload)) {
                         Ingested::Stored(_) => {
                             for (set, reader) in sets.iter().zip(&mut readers) {
                                 if set.contains(&topic) && reader.lost.is_none() {
@@ -186,7 +182,7 @@ async fn a_thousand_stalled_streams_hold_one_copy_of_their_frame() {
 
     use crate::{BodyFraming, WriterConfig, writer::Writer};
 
-    let hub = super::hub_with(16, 16);
+    let (hub, feed) = super::hub_with(16, 16);
     let t = topic("one");
     let config = WriterConfig {
         heartbeat: Duration::from_secs(60),
@@ -209,7 +205,7 @@ async fn a_thousand_stalled_streams_hold_one_copy_of_their_frame() {
         assert!(writer.poll(&mut cx).is_pending());
         streams.push((writer, client));
     }
-    hub.ingest(&t, msg(&"m".repeat(1 << 20)));
+    feed.ingest(&t, msg(&"m".repeat(1 << 20)));
     let frame = {
         let topics = hub.inner.topics.lock();
         let ring = topics.by_name["one"].ring.read();

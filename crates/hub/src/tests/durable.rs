@@ -3,65 +3,54 @@
 
 use std::time::Duration;
 
-use super::{datas, drain_events, msg, topic};
-use crate::{Epoch, Hub, HubConfig, HubMetrics, Ingested, ResetReason};
+use std::sync::Arc;
 
-fn durable_hub(replay_window: usize) -> Hub {
-    Hub::new(
-        HubConfig {
-            replay_window,
-            client_buffer: replay_window,
-            topic_linger: Duration::from_secs(30),
-            max_subscribers_per_topic: 1000,
-            durable: true,
-            ..HubConfig::default()
-        },
-        Epoch::new("pending").unwrap(),
-        HubMetrics::unregistered(),
-    )
+use super::{Replays, datas, drain_events, log_hub, msg, topic};
+use crate::{Epoch, Feed, Hub, HubConfig, Ingested, ResetReason};
+
+/// A hub on a log whose reader has not started, and the replays it asks for.
+fn durable_hub(replay_window: usize) -> (Hub, Feed, Arc<Replays>) {
+    let ((hub, feed), replays) = log_hub(HubConfig {
+        replay_window,
+        client_buffer: replay_window,
+        topic_linger: Duration::from_secs(30),
+        max_subscribers_per_topic: 1000,
+        ..HubConfig::default()
+    });
+    (hub, feed, replays)
 }
 
-fn started(replay_window: usize, last_seq: u64) -> Hub {
-    let hub = durable_hub(replay_window);
-    hub.set_connected(true);
-    hub.start_log(Epoch::new("js1").unwrap(), last_seq);
-    hub
+/// The same with the log read from after `last_seq`.
+fn started(replay_window: usize, last_seq: u64) -> (Hub, Feed, Arc<Replays>) {
+    let (hub, feed, replays) = durable_hub(replay_window);
+    feed.set_connected(true);
+    feed.start_log(Epoch::new("js1").unwrap(), last_seq);
+    (hub, feed, replays)
 }
 
 #[test]
 fn ids_are_log_positions_and_wildcards_match() {
-    let hub = Hub::new(
-        HubConfig {
-            replay_window: 16,
-            client_buffer: 16,
-            topic_linger: Duration::from_secs(30),
-            max_subscribers_per_topic: 1000,
-            durable: true,
-            ..HubConfig::default()
-        },
-        Epoch::new("pending").unwrap(),
-        HubMetrics::unregistered(),
-    );
-    hub.start_log(Epoch::new("js1").unwrap(), 100);
+    let (hub, feed, _) = durable_hub(16);
+    feed.start_log(Epoch::new("js1").unwrap(), 100);
     let exact = topic("orders.1");
     let pattern = crate::TopicName::parse("orders.*", true).unwrap();
     let mut one = hub.subscribe(std::slice::from_ref(&exact), None).unwrap();
     let mut both = hub.subscribe(&[exact, pattern], None).unwrap();
     assert_eq!(
-        hub.ingest_logged("orders.1", 101, msg("a")),
+        feed.ingest_logged("orders.1", 101, msg("a")),
         Ingested::Stored(101)
     );
     assert_eq!(
-        hub.ingest_logged("other", 102, msg("x")),
+        feed.ingest_logged("other", 102, msg("x")),
         Ingested::NoSuchTopic
     );
     assert_eq!(
-        hub.ingest_logged("orders.2", 105, msg("b")),
+        feed.ingest_logged("orders.2", 105, msg("b")),
         Ingested::Stored(105)
     );
     // A redelivered position is ignored.
     assert_eq!(
-        hub.ingest_logged("orders.1", 105, msg("dup")),
+        feed.ingest_logged("orders.1", 105, msg("dup")),
         Ingested::NoSuchTopic
     );
     let ids = |events: &[sse_framing::Event]| -> Vec<String> {
@@ -74,49 +63,49 @@ fn ids_are_log_positions_and_wildcards_match() {
 
 #[test]
 fn an_outage_is_no_gap() {
-    let hub = started(16, 0);
+    let (hub, feed, _replays) = started(16, 0);
     let t = topic("a");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.ingest_logged("a", 1, msg("1"));
-    hub.set_connected(false);
-    hub.set_connected(true);
-    hub.ingest_logged("a", 2, msg("2"));
+    feed.ingest_logged("a", 1, msg("1"));
+    feed.set_connected(false);
+    feed.set_connected(true);
+    feed.ingest_logged("a", 2, msg("2"));
     assert_eq!(datas(&drain_events(&mut sub)), ["1", "2"]);
 }
 
 #[test]
 fn recent_resumes_come_from_the_rings() {
-    let hub = started(16, 0);
+    let (hub, feed, replays) = started(16, 0);
     let t = topic("a");
     let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for seq in 1..=10 {
-        hub.ingest_logged("a", seq, msg(&seq.to_string()));
+        feed.ingest_logged("a", seq, msg(&seq.to_string()));
     }
     let mut sub = hub
         .subscribe(std::slice::from_ref(&t), Some("js1-7"))
         .unwrap();
-    assert!(sub.take_replay().is_none());
+    assert!(replays.take().is_empty());
     assert_eq!(datas(&drain_events(&mut sub)), ["8", "9", "10"]);
 }
 
 #[tokio::test]
 async fn old_resumes_are_replayed_from_the_log_then_go_live_at_the_seam() {
-    let hub = started(4, 0);
+    let (hub, feed, replays) = started(4, 0);
     let t = topic("a");
     let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for seq in 1..=10 {
-        hub.ingest_logged("a", seq, msg(&seq.to_string()));
+        feed.ingest_logged("a", seq, msg(&seq.to_string()));
     }
     let mut sub = hub
         .subscribe(std::slice::from_ref(&t), Some("js1-2"))
         .unwrap();
-    let (request, sink) = sub.take_replay().unwrap();
+    let (request, sink) = replays.take().pop().unwrap();
     assert_eq!(request.after, 2);
     assert_eq!(request.upto, Some(10));
     assert_eq!(request.epoch, "js1");
-    assert!(sub.take_replay().is_none(), "taken once");
+    assert!(replays.take().is_empty(), "asked once");
     // Live frames arrive during the replay; they wait behind it.
-    hub.ingest_logged("a", 11, msg("11"));
+    feed.ingest_logged("a", 11, msg("11"));
     let feeder = tokio::spawn(async move {
         for seq in 3..=10 {
             sink.message(seq, msg(&seq.to_string())).await.unwrap();
@@ -131,15 +120,15 @@ async fn old_resumes_are_replayed_from_the_log_then_go_live_at_the_seam() {
 
 #[tokio::test]
 async fn a_log_reset_is_one_frame_then_live() {
-    let hub = started(4, 50);
+    let (hub, feed, replays) = started(4, 50);
     let t = topic("a");
     let mut sub = hub
         .subscribe(std::slice::from_ref(&t), Some("old-3"))
         .unwrap();
-    let (request, sink) = sub.take_replay().unwrap();
+    let (request, sink) = replays.take().pop().unwrap();
     assert_eq!(request.epoch, "old");
     sink.reset(ResetReason::UnknownId, 50).await.unwrap();
-    hub.ingest_logged("a", 51, msg("live"));
+    feed.ingest_logged("a", 51, msg("live"));
     let events = drain_events(&mut sub);
     assert_eq!(events[0].event.as_deref(), Some("gateway.reset"));
     assert_eq!(events[0].id.as_deref(), Some("js1-50"));
@@ -149,16 +138,16 @@ async fn a_log_reset_is_one_frame_then_live() {
 
 #[tokio::test]
 async fn streams_opened_before_the_log_starts_replay_up_to_its_start() {
-    let hub = durable_hub(16);
+    let (hub, feed, replays) = durable_hub(16);
     let t = topic("a");
     let mut sub = hub
         .subscribe(std::slice::from_ref(&t), Some("js1-5"))
         .unwrap();
-    let (request, sink) = sub.take_replay().unwrap();
+    let (request, sink) = replays.take().pop().unwrap();
     assert_eq!(request.upto, None, "not known yet");
-    hub.set_connected(true);
-    hub.start_log(Epoch::new("js1").unwrap(), 7);
-    hub.ingest_logged("a", 8, msg("8"));
+    feed.set_connected(true);
+    feed.start_log(Epoch::new("js1").unwrap(), 7);
+    feed.ingest_logged("a", 8, msg("8"));
     for seq in 6..=7 {
         sink.message(seq, msg(&seq.to_string())).await.unwrap();
     }
@@ -169,16 +158,16 @@ async fn streams_opened_before_the_log_starts_replay_up_to_its_start() {
 #[tokio::test]
 async fn a_client_ahead_of_a_lagging_instance_gets_nothing_twice() {
     // This instance has read the log up to 5; the client already saw 8 elsewhere.
-    let hub = started(16, 5);
+    let (hub, feed, replays) = started(16, 5);
     let t = topic("a");
     let mut sub = hub
         .subscribe(std::slice::from_ref(&t), Some("js1-8"))
         .unwrap();
-    let (request, sink) = sub.take_replay().unwrap();
+    let (request, sink) = replays.take().pop().unwrap();
     assert_eq!((request.after, request.upto), (8, Some(5)));
     sink.done(8).await.unwrap();
     for seq in 6..=9 {
-        hub.ingest_logged("a", seq, msg(&seq.to_string()));
+        feed.ingest_logged("a", seq, msg(&seq.to_string()));
     }
     assert_eq!(datas(&drain_events(&mut sub)), ["9"]);
 }

@@ -2,15 +2,15 @@ use bytes::BytesMut;
 use tokio::time::Instant;
 
 use super::{datas, decode, drain_events, hub_with, msg, topic};
-use crate::{Incoming, Ingested};
+use crate::{HubConfig, Incoming, Ingested};
 
 #[test]
 fn live_events_in_order_with_ids() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("orders");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 1..=3 {
-        assert_eq!(hub.ingest(&t, msg(&format!("e{i}"))), Ingested::Stored(i));
+        assert_eq!(feed.ingest(&t, msg(&format!("e{i}"))), Ingested::Stored(i));
     }
     let events = drain_events(&mut sub);
     assert_eq!(datas(&events), ["e1", "e2", "e3"]);
@@ -21,21 +21,21 @@ fn live_events_in_order_with_ids() {
 
 #[test]
 fn events_before_subscribing_are_not_live() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("orders");
     let _first = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.ingest(&t, msg("old"));
+    feed.ingest(&t, msg("old"));
     let mut late = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.ingest(&t, msg("new"));
+    feed.ingest(&t, msg("new"));
     assert_eq!(datas(&drain_events(&mut late)), ["new"]);
 }
 
 #[test]
 fn event_type_and_multiline_payload() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("orders");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.ingest(
+    feed.ingest(
         &t,
         Incoming {
             event_type: Some("created".into()),
@@ -52,22 +52,22 @@ fn event_type_and_multiline_payload() {
 
 #[test]
 fn invalid_payloads_and_event_types_are_dropped_and_counted() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("orders");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let bad_utf8 = Incoming {
         payload: vec![0xff, 0xfe].into(),
         ..msg("")
     };
-    assert_eq!(hub.ingest(&t, bad_utf8), Ingested::InvalidUtf8);
+    assert_eq!(feed.ingest(&t, bad_utf8), Ingested::InvalidUtf8);
     for bad in ["a\nb", "", "gateway.reset"] {
         let m = Incoming {
             event_type: Some(bad.into()),
             ..msg("x")
         };
-        assert_eq!(hub.ingest(&t, m), Ingested::InvalidEventType, "{bad:?}");
+        assert_eq!(feed.ingest(&t, m), Ingested::InvalidEventType, "{bad:?}");
     }
-    hub.ingest(&t, msg("ok"));
+    feed.ingest(&t, msg("ok"));
     assert_eq!(datas(&drain_events(&mut sub)), ["ok"]);
     let m = hub.metrics();
     assert_eq!(m.dropped_invalid_utf8.get(), 1);
@@ -77,18 +77,18 @@ fn invalid_payloads_and_event_types_are_dropped_and_counted() {
 
 #[test]
 fn resume_replays_exactly_the_missed_events() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("orders");
     let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 1..=10 {
-        hub.ingest(&t, msg(&format!("e{i}")));
+        feed.ingest(&t, msg(&format!("e{i}")));
     }
     let mut resumed = hub
         .subscribe(std::slice::from_ref(&t), Some("t-6"))
         .unwrap();
     assert!(resumed.take_reset().is_none());
     assert_eq!(resumed.replayed(), 4);
-    hub.ingest(&t, msg("e11"));
+    feed.ingest(&t, msg("e11"));
     assert_eq!(
         datas(&drain_events(&mut resumed)),
         ["e7", "e8", "e9", "e10", "e11"]
@@ -100,7 +100,7 @@ fn resume_replays_exactly_the_missed_events() {
         .subscribe(std::slice::from_ref(&t), Some("t-11"))
         .unwrap();
     assert!(current.take_reset().is_none());
-    hub.ingest(&t, msg("e12"));
+    feed.ingest(&t, msg("e12"));
     assert_eq!(datas(&drain_events(&mut current)), ["e12"]);
 }
 
@@ -116,11 +116,11 @@ fn reset_reason(sub: &mut crate::Subscription) -> Option<String> {
 
 #[test]
 fn ids_that_cannot_be_honoured_get_one_reset_then_live() {
-    let hub = hub_with(4, 2);
+    let (hub, feed) = hub_with(4, 2);
     let t = topic("orders");
     let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 1..=10 {
-        hub.ingest(&t, msg(&format!("e{i}")));
+        feed.ingest(&t, msg(&format!("e{i}")));
     }
     let cases = [
         ("garbage", "malformed_id"),
@@ -133,7 +133,7 @@ fn ids_that_cannot_be_honoured_get_one_reset_then_live() {
     for (id, reason) in cases {
         let mut sub = hub.subscribe(std::slice::from_ref(&t), Some(id)).unwrap();
         assert_eq!(reset_reason(&mut sub).as_deref(), Some(reason), "{id:?}");
-        hub.ingest(&t, msg("live"));
+        feed.ingest(&t, msg("live"));
         assert_eq!(datas(&drain_events(&mut sub)), ["live"], "{id:?}");
     }
     // The newest `replay_window` (4) frames are t-13..t-16: t-12 is the oldest
@@ -147,17 +147,17 @@ fn ids_that_cannot_be_honoured_get_one_reset_then_live() {
 
 #[test]
 fn reset_frame_id_continues_the_stream() {
-    let hub = hub_with(4, 2);
+    let (hub, feed) = hub_with(4, 2);
     let t = topic("orders");
     let _keep = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.ingest(&t, msg("a"));
+    feed.ingest(&t, msg("a"));
     let mut sub = hub
         .subscribe(std::slice::from_ref(&t), Some("zzz-1"))
         .unwrap();
     let reset = decode(&sub.take_reset().unwrap());
     assert_eq!(reset[0].id.as_deref(), Some("t-1"));
     // Resuming from the reset's id misses nothing.
-    hub.ingest(&t, msg("b"));
+    feed.ingest(&t, msg("b"));
     let mut again = hub
         .subscribe(std::slice::from_ref(&t), Some("t-1"))
         .unwrap();
@@ -167,24 +167,24 @@ fn reset_frame_id_continues_the_stream() {
 
 #[test]
 fn a_new_topic_cannot_resume() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let a = topic("a");
     let _keep = hub.subscribe(std::slice::from_ref(&a), None).unwrap();
-    hub.ingest(&a, msg("x"));
+    feed.ingest(&a, msg("x"));
     let mut sub = hub.subscribe(&[topic("fresh")], Some("t-1")).unwrap();
     assert_eq!(reset_reason(&mut sub).as_deref(), Some("history_expired"));
 }
 
 #[test]
 fn several_topics_merge_in_sequence_order() {
-    let hub = hub_with(64, 8);
+    let (hub, feed) = hub_with(64, 8);
     let (a, b, c) = (topic("a"), topic("b"), topic("c"));
     let mut sub = hub
         .subscribe(&[a.clone(), b.clone(), c.clone()], None)
         .unwrap();
     let order = [&a, &b, &b, &c, &a, &c, &b, &a];
     for (i, t) in order.iter().enumerate() {
-        hub.ingest(t, msg(&format!("{t}{i}")));
+        feed.ingest(t, msg(&format!("{t}{i}")));
     }
     let events = drain_events(&mut sub);
     assert_eq!(
@@ -198,25 +198,25 @@ fn several_topics_merge_in_sequence_order() {
 
 #[test]
 fn duplicate_topics_count_once() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("a");
     let mut sub = hub.subscribe(&[t.clone(), t.clone()], None).unwrap();
     assert_eq!(hub.subscriber_count("a"), 1);
-    hub.ingest(&t, msg("x"));
+    feed.ingest(&t, msg("x"));
     assert_eq!(datas(&drain_events(&mut sub)), ["x"]);
 }
 
 #[test]
 fn upstream_gap_is_one_reset_per_outage() {
-    let hub = hub_with(16, 8);
-    hub.set_connected(true);
+    let (hub, feed) = hub_with(16, 8);
+    feed.set_connected(true);
     let (a, b) = (topic("a"), topic("b"));
     let mut both = hub.subscribe(&[a.clone(), b.clone()], None).unwrap();
     let mut only_a = hub.subscribe(std::slice::from_ref(&a), None).unwrap();
-    hub.ingest(&a, msg("before"));
-    hub.set_connected(false);
-    hub.set_connected(true);
-    hub.ingest(&b, msg("after"));
+    feed.ingest(&a, msg("before"));
+    feed.set_connected(false);
+    feed.set_connected(true);
+    feed.ingest(&b, msg("after"));
     for sub in [&mut both, &mut only_a] {
         let events = drain_events(sub);
         let kinds: Vec<_> = events
@@ -234,13 +234,13 @@ fn upstream_gap_is_one_reset_per_outage() {
 
 #[test]
 fn topics_opened_during_an_outage_get_a_reset_before_new_messages() {
-    let hub = hub_with(16, 8);
-    hub.set_connected(true);
-    hub.set_connected(false);
+    let (hub, feed) = hub_with(16, 8);
+    feed.set_connected(true);
+    feed.set_connected(false);
     let t = topic("late");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.set_connected(true);
-    hub.ingest(&t, msg("new"));
+    feed.set_connected(true);
+    feed.ingest(&t, msg("new"));
     let events = drain_events(&mut sub);
     assert_eq!(events[0].event.as_deref(), Some("gateway.reset"));
     assert_eq!(events[0].data, r#"{"reason":"upstream_gap"}"#);
@@ -249,53 +249,54 @@ fn topics_opened_during_an_outage_get_a_reset_before_new_messages() {
 
 #[test]
 fn streams_opened_before_the_first_connection_get_no_reset() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let t = topic("early");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    hub.set_connected(true);
-    hub.ingest(&t, msg("first"));
+    feed.set_connected(true);
+    feed.ingest(&t, msg("first"));
     assert_eq!(datas(&drain_events(&mut sub)), ["first"]);
 }
 
 #[test]
 fn topics_linger_then_leave_and_ask_to_unsubscribe() {
-    let hub = hub_with(16, 8);
+    let ((hub, feed), wishes) = super::core_hub(HubConfig {
+        topic_linger: std::time::Duration::from_secs(30),
+        ..HubConfig::default()
+    });
     let t = topic("a");
     let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    assert_eq!(hub.take_demand_changes(), std::slice::from_ref(&t));
-    assert!(hub.wants(&t));
+    assert_eq!(wishes.take(), [(t.clone(), true)], "opened upstream");
     assert_eq!(hub.metrics().topics_active.get(), 1);
     drop(sub);
     assert_eq!(hub.subscriber_count("a"), 0);
     assert_eq!(hub.sweep(Instant::now()), 0, "lingers");
-    assert!(hub.wants(&t));
+    assert!(wishes.take().is_empty());
     let later = Instant::now() + hub.config().topic_linger;
     assert_eq!(hub.sweep(later), 1);
-    assert!(!hub.wants(&t));
-    assert_eq!(hub.take_demand_changes(), std::slice::from_ref(&t));
+    assert_eq!(wishes.take(), [(t.clone(), false)], "closed upstream");
     assert_eq!(hub.metrics().topics_active.get(), 0);
     // A late message for it is ignored.
-    assert_eq!(hub.ingest(&t, msg("late")), Ingested::NoSuchTopic);
+    assert_eq!(feed.ingest(&t, msg("late")), Ingested::NoSuchTopic);
 }
 
 #[test]
 fn a_returning_subscriber_cancels_the_linger() {
-    let hub = hub_with(16, 8);
+    let ((hub, _feed), wishes) = super::core_hub(HubConfig::default());
     let t = topic("a");
     drop(hub.subscribe(std::slice::from_ref(&t), None).unwrap());
     let _back = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let later = Instant::now() + hub.config().topic_linger * 2;
     assert_eq!(hub.sweep(later), 0);
-    assert!(hub.wants(&t));
+    assert_eq!(wishes.take(), [(t, true)], "opened once, never closed");
 }
 
 #[test]
 fn a_reader_overtaken_by_the_ring_is_told_what_it_lost() {
-    let hub = hub_with(4, 4);
+    let (hub, feed) = hub_with(4, 4);
     let t = topic("a");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 0..10 {
-        hub.ingest(&t, msg(&i.to_string()));
+        feed.ingest(&t, msg(&i.to_string()));
     }
     assert_eq!(sub.backlog(), 10);
     let mut out = BytesMut::new();
@@ -306,11 +307,11 @@ fn a_reader_overtaken_by_the_ring_is_told_what_it_lost() {
 
 #[test]
 fn drain_respects_frame_and_byte_limits() {
-    let hub = hub_with(64, 64);
+    let (hub, feed) = hub_with(64, 64);
     let t = topic("a");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     for i in 0..20 {
-        hub.ingest(&t, msg(&format!("{i:02}")));
+        feed.ingest(&t, msg(&format!("{i:02}")));
     }
     let mut out = BytesMut::new();
     assert_eq!(sub.drain_into(&mut out, 5, 1 << 20).frames, 5);
@@ -325,7 +326,7 @@ fn drain_respects_frame_and_byte_limits() {
 
 #[test]
 fn closing_wakes_every_subscriber() {
-    let hub = hub_with(16, 8);
+    let (hub, _feed) = hub_with(16, 8);
     let t = topic("a");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let waker = std::task::Waker::noop();
@@ -338,14 +339,10 @@ fn closing_wakes_every_subscriber() {
 
 #[test]
 fn a_full_topic_table_refuses_new_topics_lingering_ones_included() {
-    let hub = crate::Hub::new(
-        crate::HubConfig {
-            max_topics: 2,
-            ..hub_with(16, 8).config().clone()
-        },
-        crate::Epoch::new("t").unwrap(),
-        crate::HubMetrics::unregistered(),
-    );
+    let ((hub, feed), _) = super::core_hub(HubConfig {
+        max_topics: 2,
+        ..HubConfig::default()
+    });
     let (a, b, c) = (topic("a"), topic("b"), topic("c"));
     let _a = hub.subscribe(std::slice::from_ref(&a), None).unwrap();
     // `b` has no stream left but lingers: it still counts.
@@ -354,13 +351,13 @@ fn a_full_topic_table_refuses_new_topics_lingering_ones_included() {
     assert_eq!(err, crate::SubscribeError::TooManyTopics { max: 2 });
     assert_eq!(hub.subscriber_count("a"), 1, "what it took is given back");
     assert!(matches!(
-        hub.publish_local(&c, msg("x")),
+        feed.publish_local(&c, msg("x")),
         Err(crate::SubscribeError::TooManyTopics { max: 2 })
     ));
     // Known topics are still open to streams and publishes.
     assert!(hub.subscribe(std::slice::from_ref(&b), None).is_ok());
     assert!(matches!(
-        hub.publish_local(&a, msg("x")),
+        feed.publish_local(&a, msg("x")),
         Ok((Ingested::Stored(_), _))
     ));
     // Once `b` is gone, there is room again.
@@ -370,14 +367,10 @@ fn a_full_topic_table_refuses_new_topics_lingering_ones_included() {
 
 #[test]
 fn a_full_topic_refuses_and_releases_what_it_took() {
-    let hub = crate::Hub::new(
-        crate::HubConfig {
-            max_subscribers_per_topic: 2,
-            ..hub_with(16, 8).config().clone()
-        },
-        crate::Epoch::new("t").unwrap(),
-        crate::HubMetrics::unregistered(),
-    );
+    let ((hub, _feed), _) = super::core_hub(HubConfig {
+        max_subscribers_per_topic: 2,
+        ..HubConfig::default()
+    });
     let (a, b) = (topic("a"), topic("b"));
     let _one = hub.subscribe(std::slice::from_ref(&b), None).unwrap();
     let _two = hub.subscribe(std::slice::from_ref(&b), None).unwrap();

@@ -68,7 +68,7 @@ fn spawn_writer(
 
 #[tokio::test(start_paused = true)]
 async fn opens_with_head_retry_and_comment_in_one_chunk() {
-    let hub = hub_with(16, 8);
+    let (hub, _feed) = hub_with(16, 8);
     let (mut client, _task) = spawn_writer(&hub, "a", 4096, config());
     let got = read_some(&mut client).await;
     assert_eq!(
@@ -79,7 +79,7 @@ async fn opens_with_head_retry_and_comment_in_one_chunk() {
 
 #[tokio::test(start_paused = true)]
 async fn frames_queued_together_go_out_in_one_chunk() {
-    let hub = hub_with(256, 256);
+    let (hub, feed) = hub_with(256, 256);
     let t = topic("a");
     let config = WriterConfig {
         client_buffer: 256,
@@ -88,7 +88,7 @@ async fn frames_queued_together_go_out_in_one_chunk() {
     let (mut client, _task) = spawn_writer(&hub, "a", 1 << 20, config);
     read_some(&mut client).await;
     for i in 0..100 {
-        hub.ingest(&t, msg(&format!("e{i}")));
+        feed.ingest(&t, msg(&format!("e{i}")));
     }
     let body = read_some(&mut client).await;
     let chunks = chunks(&body);
@@ -103,7 +103,7 @@ async fn frames_queued_together_go_out_in_one_chunk() {
 
 #[tokio::test(start_paused = true)]
 async fn heartbeat_after_silence() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let (mut client, _task) = spawn_writer(&hub, "a", 4096, config());
     read_some(&mut client).await;
     tokio::time::sleep(Duration::from_secs(14)).await;
@@ -113,7 +113,7 @@ async fn heartbeat_after_silence() {
     assert_eq!(chunks(&body), [b": heartbeat\n\n".to_vec()]);
     // Events postpone the next heartbeat.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    hub.ingest(&topic("a"), msg("x"));
+    feed.ingest(&topic("a"), msg("x"));
     read_some(&mut client).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(read_some(&mut client).await.is_empty());
@@ -121,7 +121,7 @@ async fn heartbeat_after_silence() {
 
 #[tokio::test]
 async fn a_closed_client_ends_the_stream_and_frees_its_slot() {
-    let hub = hub_with(16, 8);
+    let (hub, _feed) = hub_with(16, 8);
     let (client, task) = spawn_writer(&hub, "a", 4096, config());
     // Without anything to write, the close is noticed from the read side.
     tokio::task::yield_now().await;
@@ -136,12 +136,12 @@ async fn a_closed_client_ends_the_stream_and_frees_its_slot() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_stops_reading_is_cut_as_slow() {
-    let hub = hub_with(64, 8);
+    let (hub, feed) = hub_with(64, 8);
     let t = topic("a");
     let (_client, task) = spawn_writer(&hub, "a", 256, config());
     let mut published = 0;
     while !task.is_finished() && published < 1000 {
-        hub.ingest(
+        feed.ingest(
             &t,
             msg(&format!("payload number {published} with some padding")),
         );
@@ -164,7 +164,7 @@ async fn a_client_that_stops_reading_is_cut_as_slow() {
 
 #[tokio::test(start_paused = true)]
 async fn a_socket_that_accepts_nothing_hits_the_write_timeout() {
-    let hub = hub_with(64, 1000);
+    let (hub, feed) = hub_with(64, 1000);
     let t = topic("a");
     let config = WriterConfig {
         client_buffer: 1000,
@@ -172,7 +172,7 @@ async fn a_socket_that_accepts_nothing_hits_the_write_timeout() {
     };
     let (_client, task) = spawn_writer(&hub, "a", 64, config);
     for _ in 0..5 {
-        hub.ingest(&t, msg(&"x".repeat(100)));
+        feed.ingest(&t, msg(&"x".repeat(100)));
     }
     let report = tokio::time::timeout(Duration::from_secs(11), task)
         .await
@@ -184,7 +184,7 @@ async fn a_socket_that_accepts_nothing_hits_the_write_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn closing_the_hub_ends_streams_with_retry() {
-    let hub = hub_with(16, 8);
+    let (hub, _feed) = hub_with(16, 8);
     let (mut client, task) = spawn_writer(&hub, "a", 4096, config());
     read_some(&mut client).await;
     hub.close();
@@ -213,7 +213,7 @@ async fn closing_the_hub_ends_streams_with_retry() {
 
 #[tokio::test(start_paused = true)]
 async fn a_drain_spreads_stream_ends_and_keeps_streaming_until_then() {
-    let hub = hub_with(64, 64);
+    let (hub, feed) = hub_with(64, 64);
     let t = topic("a");
     let config = WriterConfig {
         drain_spread: Duration::from_secs(10),
@@ -227,7 +227,7 @@ async fn a_drain_spreads_stream_ends_and_keeps_streaming_until_then() {
         read_some(client).await;
     }
     hub.close();
-    hub.ingest(&t, msg("during the drain"));
+    feed.ingest(&t, msg("during the drain"));
     let started = tokio::time::Instant::now();
     // Each stream's end time, taken when its task finishes.
     let timed: Vec<_> = clients
@@ -263,7 +263,7 @@ async fn a_drain_spreads_stream_ends_and_keeps_streaming_until_then() {
 
 #[tokio::test(start_paused = true)]
 async fn raw_framing_has_no_chunks() {
-    let hub = hub_with(16, 8);
+    let (hub, feed) = hub_with(16, 8);
     let (server, mut client) = tokio::io::duplex(4096);
     let sub = hub.subscribe(&[topic("a")], None).unwrap();
     let cfg = config();
@@ -272,7 +272,7 @@ async fn raw_framing_has_no_chunks() {
         read_some(&mut client).await,
         b"retry: 3000\n: connected\n\n".to_vec()
     );
-    hub.ingest(&topic("a"), msg("x"));
+    feed.ingest(&topic("a"), msg("x"));
     assert_eq!(
         read_some(&mut client).await,
         b"id: t-1\ndata: x\n\n".to_vec()
@@ -281,7 +281,7 @@ async fn raw_framing_has_no_chunks() {
 
 #[tokio::test(start_paused = true)]
 async fn a_resume_reset_goes_out_with_the_opening() {
-    let hub = hub_with(16, 8);
+    let (hub, _feed) = hub_with(16, 8);
     let (server, mut client) = tokio::io::duplex(4096);
     let sub = hub.subscribe(&[topic("a")], Some("bogus")).unwrap();
     let cfg = config();
@@ -311,7 +311,7 @@ fn newest_frame(hub: &crate::Hub, name: &str) -> Bytes {
 
 #[tokio::test(start_paused = true)]
 async fn stalled_streams_owe_references_to_the_rings_frames_not_copies() {
-    let hub = hub_with(16, 16);
+    let (hub, feed) = hub_with(16, 16);
     let t = topic("big");
     let config = WriterConfig {
         client_buffer_bytes: 1 << 20,
@@ -327,7 +327,7 @@ async fn stalled_streams_owe_references_to_the_rings_frames_not_copies() {
         assert!(writer.owed().is_empty(), "the opening fits the socket");
         streams.push((writer, client));
     }
-    hub.ingest(&t, msg(&"x".repeat(100_000)));
+    feed.ingest(&t, msg(&"x".repeat(100_000)));
     let frame = newest_frame(&hub, "big");
     let inside = |(at, len): (usize, usize)| {
         let start = frame.as_ptr() as usize;
@@ -403,7 +403,7 @@ async fn small_frames_copied_under_the_lock_are_owed_as_references_too() {
     // Small frames are copied into the batch under the ring's lock (no reference count
     // on the common path); when the socket takes only part, the unwritten ones are owed
     // as handles to the ring's frames, found again by position.
-    let hub = hub_with(256, 256);
+    let (hub, feed) = hub_with(256, 256);
     let t = topic("small");
     let config = WriterConfig {
         client_buffer: 256,
@@ -415,7 +415,7 @@ async fn small_frames_copied_under_the_lock_are_owed_as_references_too() {
     writer.open(b"HEAD\r\n\r\n");
     assert!(poll_once(&mut writer).is_pending());
     for i in 0..40 {
-        hub.ingest(&t, msg(&format!("{i:02}{}", "s".repeat(2000))));
+        feed.ingest(&t, msg(&format!("{i:02}{}", "s".repeat(2000))));
     }
     assert!(poll_once(&mut writer).is_pending());
     let ring: Vec<Bytes> = {
@@ -460,7 +460,7 @@ fn chunks_lenient(mut body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(start_paused = true)]
 async fn a_stalled_client_is_cut_on_client_buffer_bytes() {
-    let hub = hub_with(1000, 1000);
+    let (hub, feed) = hub_with(1000, 1000);
     let t = topic("a");
     let config = WriterConfig {
         client_buffer: 1000,
@@ -471,7 +471,7 @@ async fn a_stalled_client_is_cut_on_client_buffer_bytes() {
     let payload = "y".repeat(1000);
     let mut published = 0u64;
     while !task.is_finished() && published < 1000 {
-        hub.ingest(&t, msg(&payload));
+        feed.ingest(&t, msg(&payload));
         published += 1;
         tokio::task::yield_now().await;
     }
@@ -541,7 +541,7 @@ impl tokio::io::AsyncWrite for Vectored {
 
 #[tokio::test(start_paused = true)]
 async fn owed_bytes_go_out_in_order_through_vectored_writes() {
-    let hub = hub_with(256, 256);
+    let (hub, feed) = hub_with(256, 256);
     let t = topic("v");
     let (server, mut client) = tokio::io::duplex(300);
     let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
@@ -560,7 +560,7 @@ async fn owed_bytes_go_out_in_order_through_vectored_writes() {
         .await
     });
     for i in 0..50 {
-        hub.ingest(&t, msg(&format!("{i}-{}", "z".repeat(i * 37))));
+        feed.ingest(&t, msg(&format!("{i}-{}", "z".repeat(i * 37))));
     }
     let mut body = Vec::new();
     let mut buf = vec![0u8; 1000];
@@ -584,20 +584,17 @@ async fn owed_bytes_go_out_in_order_through_vectored_writes() {
 
 #[tokio::test(start_paused = true)]
 async fn a_replay_waiting_for_its_turn_does_not_stop_heartbeats() {
-    let hub = crate::Hub::new(
-        crate::HubConfig {
-            durable: true,
-            ..hub_with(4, 4).config().clone()
-        },
-        crate::Epoch::new("pending").unwrap(),
-        crate::HubMetrics::unregistered(),
-    );
-    hub.set_connected(true);
-    hub.start_log(crate::Epoch::new("js1").unwrap(), 100);
+    let ((hub, feed), replays) = super::log_hub(crate::HubConfig {
+        replay_window: 4,
+        client_buffer: 4,
+        ..crate::HubConfig::default()
+    });
+    feed.set_connected(true);
+    feed.start_log(crate::Epoch::new("js1").unwrap(), 100);
     let (server, mut client) = tokio::io::duplex(4096);
-    let mut sub = hub.subscribe(&[topic("a")], Some("js1-3")).unwrap();
-    // The replay is taken but never served (it waits for a turn): the stream is open.
-    let (_request, _sink) = sub.take_replay().unwrap();
+    let sub = hub.subscribe(&[topic("a")], Some("js1-3")).unwrap();
+    // The replay is asked for but never served (it waits for a turn): the stream is open.
+    let (_request, _sink) = replays.take().pop().unwrap();
     let cfg = config();
     tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
     assert_eq!(
