@@ -190,11 +190,20 @@ impl Http1<'_> {
         let gateway = &self.app.gateway;
         let server = &gateway.config.server;
         let mut idle = server.header_timeout;
+        let mut first = true;
         loop {
             let read = read_head(&mut stream, &mut self.buf, idle, server.header_timeout);
-            let head = tokio::select! {
-                head = read => head,
-                _ = self.shutdown.changed() => return,
+            let head = if first {
+                // The first head is bounded by the header timeout: no need to watch for
+                // shutdown (a registration on a channel every connection shares).
+                first = false;
+                read.await
+            } else {
+                // A kept-alive connection may idle for long: shutdown ends the wait.
+                tokio::select! {
+                    head = read => head,
+                    _ = self.shutdown.changed() => return,
+                }
             };
             let head = match head {
                 Ok(head) => head,
@@ -477,9 +486,11 @@ fn raw_tcp(stream: Stream) -> Result<tokio::net::TcpStream, Stream> {
     // SAFETY: `raw` is the open descriptor of `stream` (checked non-negative above), which
     // is alive for this borrow; nothing closes it meanwhile.
     let fd = unsafe { BorrowedFd::borrow_raw(raw) };
-    let socket = socket2::SockRef::from(&fd);
-    let is_tcp = matches!(socket.r#type(), Ok(t) if t == socket2::Type::STREAM)
-        && socket.local_addr().is_ok_and(|a| a.as_socket().is_some());
+    // One `getsockopt(SO_PROTOCOL)`: TCP, not a Unix socket or anything else.
+    let is_tcp = matches!(
+        socket2::SockRef::from(&fd).protocol(),
+        Ok(Some(p)) if p == socket2::Protocol::TCP
+    );
     if !is_tcp {
         return Err(stream);
     }
