@@ -51,6 +51,23 @@ table("Throughput: 1,000 clients, 1 topic", "throughput-1k", stream_cols)
 table("Throughput: 10,000 clients, 1 topic", "throughput-10k", stream_cols)
 table("Latency: 10,000 clients, 100 topics, 1,000 msg/s", "latency-10k", stream_cols)
 table("Latency against rate: 10,000 clients, 100 topics", "latency-rate", stream_cols)
+table("Latency ladder: 10,000 clients, 100 topics (every run)", "latency-", stream_cols)
+
+# The ladder (labels latency-<rate>-<trial>): medians per rate and server.
+ladder = {}
+for r in rows:
+    parts = r.get("label", "").split("-")
+    if len(parts) == 3 and parts[0] == "latency" and parts[1].isdigit() and not r.get("timed_out"):
+        ladder.setdefault((int(parts[1]), r["server"]), []).append(r)
+if ladder:
+    print("\n### Latency ladder, medians per rate and server\n")
+    print("| msg/s | server | p50 | p99 (median) | p99 range | server µs/event | runs |")
+    print("|---|---|---|---|---|---|---|")
+    for (rate, server), rs in sorted(ladder.items()):
+        p99 = sorted(r["latency_p99_ms"] for r in rs)
+        p50 = statistics.median(r["latency_p50_ms"] for r in rs)
+        cpu = statistics.median(r["server_cpu_us_per_event"] for r in rs if r.get("server_cpu_us_per_event"))
+        print(f"| {rate:,} | {server} | {p50:.1f} ms | {statistics.median(p99):.1f} ms | {p99[0]:.1f}–{p99[-1]:.1f} | {cpu:.1f} | {len(rs)} |")
 
 lat = {}
 for r in rows:
