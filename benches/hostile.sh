@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hostile memory (SPEC §10): peak RSS of the release gateway (embedded bus, default
+# Hostile memory (protocol §10): peak RSS of the release gateway (embedded bus, default
 # budgets unless overridden) in the scenarios of issue 11, against the promised bound
 #   max_ring_bytes + client_buffer_bytes × open streams + a fixed base.
 #   newlines   30 POSTs of 1,000,000 newlines to one topic (a 7 MB frame each once

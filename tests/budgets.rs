@@ -1,4 +1,4 @@
-//! SPEC §10 under hostile load: rings bounded in bytes, stalled readers cut on bytes and
+//! protocol §10 under hostile load: rings bounded in bytes, stalled readers cut on bytes and
 //! sharing what they owe, the process's memory under the promised bound, the topic cap,
 //! one JetStream consumer per replay and a cap on replays, and one latency observation
 //! per delivered event. Every test ends by checking that a normal client still streams.

@@ -1,4 +1,4 @@
-//! The sealed edge (SPEC §9): every request on every connection passes the same front.
+//! The sealed edge (protocol §9): every request on every connection passes the same front.
 //! Each test is named for the attack it guards against and ends by checking that a
 //! normal client still streams.
 

@@ -78,7 +78,7 @@ async fn round_robin_over_healthy_upstreams_and_a_dead_one_is_taken_out() {
         assert_eq!(status, 200, "{body}");
         seen.push(body.lines().next().unwrap_or_default().to_owned());
         // The upstream sees the path unchanged and who the client is: the peer, not
-        // what an untrusted client claims (SPEC §9, "Forwarding").
+        // what an untrusted client claims (protocol §9, "Forwarding").
         assert!(body.contains("GET /api/orders/1?x=1 HTTP/1.1"), "{body}");
         assert!(
             body.to_lowercase()

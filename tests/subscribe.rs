@@ -1,4 +1,4 @@
-//! SPEC §2/§3/§7: URLs, response head, first bytes, frames, heartbeats, errors.
+//! protocol §2/§3/§7: URLs, response head, first bytes, frames, heartbeats, errors.
 
 use crate::support::*;
 

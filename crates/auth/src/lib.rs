@@ -1,4 +1,4 @@
-//! JWT authorization for sse-gateway (SPEC §6 "Auth"): may this request read these topics,
+//! JWT authorization for sse-gateway (protocol §6 "Auth"): may this request read these topics,
 //! or publish to that one?
 //!
 //! The gateway builds one [`Authorizer`] from its `[auth]` section and, per request,
@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Both lists are optional; a missing one allows nothing. Their entries are topic patterns
-//! with the wildcards of SPEC §2: `*` is exactly one token, a last `>` one or more. A
+//! with the wildcards of protocol §2: `*` is exactly one token, a last `>` one or more. A
 //! requested topic may itself be a wildcard subscription; it is allowed only when one
 //! claim pattern matches every subject it can match: `orders.*` is covered by `orders.*`,
 //! `orders.>` or `>`; `orders.>` by `orders.>` or `>` but not by `orders.*`. A request for

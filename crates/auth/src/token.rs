@@ -1,4 +1,4 @@
-//! Where a request carries its token: header, then cookie, then query (SPEC §6).
+//! Where a request carries its token: header, then cookie, then query (protocol §6).
 
 use std::borrow::Cow;
 

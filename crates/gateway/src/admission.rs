@@ -1,5 +1,5 @@
 //! Admission glue: who the client is, its token bucket, the socket and stream caps, mapped
-//! to the HTTP answers of SPEC §2 and §9 (429 / 503 with `Retry-After`).
+//! to the HTTP answers of protocol §2 and §9 (429 / 503 with `Retry-After`).
 
 use std::net::IpAddr;
 

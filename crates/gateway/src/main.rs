@@ -127,7 +127,7 @@ fn exit_if_a_listener_fails() {
 
 /// Libraries whose debug and trace lines print request heads (`Authorization`, cookies,
 /// targets with `?access_token=`): their logs are capped at `info`, whatever `RUST_LOG`
-/// says, so no log line holds a secret (SPEC §9, "Secrets").
+/// says, so no log line holds a secret (protocol §9, "Secrets").
 const HEAD_PRINTING_TARGETS: [&str; 4] = ["pingora", "h2", "hyper", "rustls"];
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`, Pingora's own at `warn`);

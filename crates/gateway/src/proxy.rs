@@ -191,7 +191,7 @@ impl ProxyHttp for EdgeProxy {
         })
     }
 
-    /// Tells the upstream who the client is and how it came in (SPEC §9, "Forwarding").
+    /// Tells the upstream who the client is and how it came in (protocol §9, "Forwarding").
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

@@ -139,7 +139,7 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
             "the body (event data) must be UTF-8",
         ));
     };
-    // Framed, the event must fit the hub's byte budgets (SPEC §10), or it is never held.
+    // Framed, the event must fit the hub's byte budgets (protocol §10), or it is never held.
     if let Err(e) = gateway.hub.check_frame_size(data, request.event.as_deref()) {
         return Err(ApiError {
             message: e.to_string(),

@@ -1,6 +1,6 @@
 //! Parsing a subscribe request: `GET /events/{topic}` or `GET /events?topic=a&topic=b`.
 //!
-//! Topics in the path and the query are percent-decoded before validation (SPEC §7);
+//! Topics in the path and the query are percent-decoded before validation (protocol §7);
 //! both forms may be combined, duplicates count once. `last_event_id` in the query is
 //! the resume point for clients that cannot set the `Last-Event-ID` header; the header
 //! wins when both are present. Other query parameters are ignored (cache busters).

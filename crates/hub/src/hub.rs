@@ -72,7 +72,7 @@ pub struct HubConfig {
 }
 
 impl Default for HubConfig {
-    /// The defaults of the configuration file (SPEC §5 and §10).
+    /// The defaults of the configuration file (protocol §5 and §10).
     fn default() -> Self {
         Self {
             replay_window: 1024,

@@ -1,7 +1,7 @@
 //! The counters the hub and its writers update.
 //!
 //! The hub does not name or register metrics: the binary creates these handles with the
-//! names of SPEC §4 and registers them, so every metric name lives in one place. Label
+//! names of protocol §4 and registers them, so every metric name lives in one place. Label
 //! values are resolved once here, never per event.
 
 use prometheus::{HistogramOpts, IntCounter, IntGauge};

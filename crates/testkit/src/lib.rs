@@ -60,7 +60,7 @@ pub use wait::{DEFAULT_TIMEOUT, WAIT, eventually, free_port, free_ports};
 
 use anyhow::Context as _;
 
-/// The NATS header that carries the SSE event type (SPEC §3).
+/// The NATS header that carries the SSE event type (protocol §3).
 pub const SSE_EVENT_HEADER: &str = "Sse-Event";
 
 /// Publishes `payload` to `subject`, with the `Sse-Event` header when `event_type` is

@@ -1,10 +1,10 @@
 //! The one place where errors become HTTP answers: status, `Retry-After`, `Allow` and the
-//! JSON body `{"error":"<code>","message":"<human text>"}` of SPEC §2.
+//! JSON body `{"error":"<code>","message":"<human text>"}` of protocol §2.
 //!
 //! Every refusal the gateway writes — from its own front, from a handler, or on behalf of
 //! the proxy library (`fail_to_proxy`) — is an [`ApiError`] built here and rendered by
 //! [`super::Response::error`]. Messages never quote a request target or header value
-//! verbatim: a query may hold a token (SPEC §9, "Secrets").
+//! verbatim: a query may hold a token (protocol §9, "Secrets").
 
 use bytes::Bytes;
 use pingora::{ErrorSource, ErrorType};

@@ -1,4 +1,4 @@
-//! What a reverse-proxied request tells its upstream (SPEC §9, "Forwarding").
+//! What a reverse-proxied request tells its upstream (protocol §9, "Forwarding").
 //!
 //! - `X-Forwarded-For`: from a peer outside `limits.trusted_proxies` exactly the peer's
 //!   address (whatever the client sent is replaced, and its `Forwarded` and `X-Real-IP`

@@ -1,5 +1,5 @@
 //! The HTTP edge: what every request on the public listeners passes, and how every answer
-//! is written, whichever way the request came in (SPEC §9).
+//! is written, whichever way the request came in (protocol §9).
 //!
 //! Two readers parse requests: the front's own head reader for every HTTP/1 request on
 //! every connection ([`crate::front`]), and Pingora for HTTP/2 streams. Both hand the

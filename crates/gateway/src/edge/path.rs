@@ -1,4 +1,4 @@
-//! Which handler serves a path, and the paths no handler may see (SPEC §9, "Routes").
+//! Which handler serves a path, and the paths no handler may see (protocol §9, "Routes").
 //!
 //! Paths are matched as sent (percent-encoded), so a path must not be able to mean one
 //! thing here and another to a hop that normalises it: before any matching, a path

@@ -77,7 +77,7 @@ impl Response {
         self
     }
 
-    /// An error as SPEC §2 shapes it: JSON body, `Retry-After`, `Allow`, extra headers.
+    /// An error as protocol §2 shapes it: JSON body, `Retry-After`, `Allow`, extra headers.
     pub fn error(e: &ApiError) -> Self {
         let mut r = Self::new(e.status)
             .with_body("application/json", e.body())
@@ -98,7 +98,7 @@ impl Response {
             .with_header("Cache-Control", "no-store")
     }
 
-    /// The head of an event stream (SPEC §2): `text/event-stream`, no caching, no proxy
+    /// The head of an event stream (protocol §2): `text/event-stream`, no caching, no proxy
     /// buffering, and the CORS headers of the request.
     pub fn event_stream(cors: Headers) -> Self {
         Self {

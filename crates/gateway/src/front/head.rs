@@ -4,7 +4,7 @@
 //! must send it within `server.header_timeout` of its first byte (slowloris), the request
 //! line may not exceed [`MAX_REQUEST_LINE`] (414) and the whole head [`MAX_HEAD`] or
 //! [`MAX_HEADERS`] headers (431). Malformed heads are 400, and so are heads whose body
-//! framing two parsers could read differently (SPEC §9, "Request framing"): both
+//! framing two parsers could read differently (protocol §9, "Request framing"): both
 //! `Content-Length` and `Transfer-Encoding`, more than one `Content-Length` value (even
 //! equal ones), a `Transfer-Encoding` other than `chunked`, or one on HTTP/1.0. A head the
 //! `http` crate would refuse (Pingora's own parser) is refused here, so a request handed
@@ -262,7 +262,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
     }
 }
 
-/// The body framing of a head, under the rules of SPEC §9.
+/// The body framing of a head, under the rules of protocol §9.
 fn framing(headers: &[(String, Vec<u8>)], minor_version: u8) -> Result<BodyLength, HeadError> {
     let (mut length, mut lengths) = (None, 0);
     let (mut coding, mut codings) = (None, 0);

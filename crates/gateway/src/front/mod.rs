@@ -1,5 +1,5 @@
 //! The public listener's front: the first thing every connection meets, and the reader
-//! of every HTTP/1 request head on it (SPEC §9).
+//! of every HTTP/1 request head on it (protocol §9).
 //!
 //! Pingora accepts the connection; this app counts it against the peer's socket cap
 //! (`limits.max_sockets_per_ip`), gives HTTP/2 connections (TLS ALPN `h2`, or the h2c

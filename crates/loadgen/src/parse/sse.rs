@@ -7,7 +7,7 @@ use memchr::memchr2_iter;
 /// fits; so does `event: gateway.reset`).
 pub const LINE_PREFIX: usize = 48;
 
-/// The event type the gateway uses to announce a gap (SPEC §2).
+/// The event type the gateway uses to announce a gap (protocol §2).
 const RESET_EVENT: &[u8] = b"gateway.reset";
 
 /// What the SSE scan reports, one call per dispatched event frame.

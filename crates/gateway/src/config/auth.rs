@@ -1,0 +1,74 @@
+//! `[auth]`: JWT verification keys, the cookie, public topics.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use sse_auth::{AuthConfig, Authorizer, VerifyKey};
+
+use super::{ConfigError, invalid};
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAuth {
+    /// Require tokens (except for public topics).
+    pub enabled: bool,
+    /// HS256 shared secret (at least 32 bytes).
+    pub hs256_secret: Option<String>,
+    /// PEM public key for RS256 or ES256.
+    pub public_key_file: Option<String>,
+    /// Cookie holding the token.
+    pub cookie: String,
+    /// Topic patterns anyone may read.
+    pub public_topics: Vec<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            hs256_secret: None,
+            public_key_file: None,
+            cookie: sse_auth::DEFAULT_COOKIE.to_owned(),
+            public_topics: Vec::new(),
+        }
+    }
+}
+
+/// `[auth]`, validated: the key read from its file and the authorizer built from it
+/// (which checks the secret's length and the public topic patterns), when auth is on.
+pub(super) fn validate(auth: RawAuth) -> Result<Option<Arc<Authorizer>>, ConfigError> {
+    if !auth.enabled {
+        return Ok(None);
+    }
+    let key = match (&auth.hs256_secret, &auth.public_key_file) {
+        (Some(secret), None) => VerifyKey::Hs256(secret.clone().into_bytes()),
+        (None, Some(path)) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                invalid("auth.public_key_file", format!("cannot read {path:?}: {e}"))
+            })?;
+            VerifyKey::from_public_key_pem(&pem)
+                .map_err(|e| invalid("auth.public_key_file", e.to_string()))?
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "auth.hs256_secret",
+                "set either auth.hs256_secret or auth.public_key_file, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                "auth.enabled",
+                "needs auth.hs256_secret or auth.public_key_file",
+            ));
+        }
+    };
+    let config = AuthConfig {
+        key,
+        cookie: auth.cookie,
+        public_topics: auth.public_topics,
+    };
+    Authorizer::new(config)
+        .map(|a| Some(Arc::new(a)))
+        .map_err(|e| invalid("auth", e.to_string()))
+}
