@@ -7,29 +7,16 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use sse_testkit::http;
 
 use crate::support::*;
 
 const MIB: u64 = 1024 * 1024;
 
-async fn post(gw: &Gateway, path: &str, body: &[u8]) -> http::Response {
-    http::request(
-        gw.addr(),
-        "POST",
-        path,
-        &[("Content-Type", "text/plain")],
-        body,
-    )
-    .await
-    .unwrap()
-}
-
 /// A normal client opens a stream on `topic`, a message is published through the
 /// publish API, and the client gets it.
 async fn a_normal_client_still_streams(gw: &Gateway, topic: &str) {
     let mut s = open(gw, &format!("/events/{topic}")).await;
-    let r = post(gw, &format!("/publish/{topic}"), b"still here").await;
+    let r = post_text(gw, &format!("/publish/{topic}"), b"still here").await;
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(s.next_event(WAIT).await.unwrap().data, "still here");
 }
@@ -72,7 +59,7 @@ async fn ring_bytes_stay_within_replay_bytes_and_an_evicted_id_resets() {
     let body = vec![b'\n'; 1_000_000];
     let mut ids = Vec::new();
     for _ in 0..30 {
-        let r = post(&gw, "/publish/mem1", &body).await;
+        let r = post_text(&gw, "/publish/mem1", &body).await;
         assert_eq!(r.status, 202, "{}", r.text());
         ids.push(r.json().unwrap()["id"].as_str().unwrap().to_owned());
         let held = metric(&gw, "sse_ring_bytes", &[]).await;
@@ -102,7 +89,7 @@ async fn a_frame_larger_than_the_budgets_is_refused_up_front_and_dropped_from_na
     .await;
     let mut s = open(&gw, "/events/big").await;
     // 20,000 newlines are 140,000 bytes framed.
-    let r = post(&gw, "/publish/big", &vec![b'\n'; 20_000]).await;
+    let r = post_text(&gw, "/publish/big", &vec![b'\n'; 20_000]).await;
     assert_eq!(r.status, 413, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"], "payload_too_large");
     // Straight to NATS: dropped and counted.
@@ -203,7 +190,7 @@ async fn hostile_publishes_and_stalled_readers_stay_under_the_memory_bound() {
     // Each publish is a 7 MB frame; every stalled stream owes the first one.
     let body = vec![b'\n'; 1_000_000];
     for _ in 0..6 {
-        let r = post(&gw, "/publish/hostile", &body).await;
+        let r = post_text(&gw, "/publish/hostile", &body).await;
         assert_eq!(r.status, 202, "{}", r.text());
     }
     // Each stream owes what its socket did not take of its first frame (the kernel
@@ -274,7 +261,7 @@ async fn max_topics_answers_503_with_retry_after() {
         1.0
     );
     // Publishing to a new topic would create one too.
-    let r = post(&gw, "/publish/c", b"x").await;
+    let r = post_text(&gw, "/publish/c", b"x").await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.header("retry-after").is_some());
     a_normal_client_still_streams(&gw, "a").await;

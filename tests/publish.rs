@@ -4,18 +4,6 @@ use sse_testkit::http;
 
 use crate::support::*;
 
-async fn post(gw: &Gateway, path: &str, body: &[u8]) -> http::Response {
-    http::request(
-        gw.addr(),
-        "POST",
-        path,
-        &[("Content-Type", "text/plain")],
-        body,
-    )
-    .await
-    .unwrap()
-}
-
 fn memory(b: GatewayBuilder) -> GatewayBuilder {
     b.set("bus", "kind", "\"memory\"")
 }
@@ -30,7 +18,7 @@ async fn embedded_mode_needs_no_broker() {
         .unwrap();
     gw.wait_ready(WAIT).await.unwrap();
     let mut s = open(&gw, "/events/chat").await;
-    let r = post(&gw, "/publish/chat?event=said", b"hello\nthere").await;
+    let r = post_text(&gw, "/publish/chat?event=said", b"hello\nthere").await;
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json().unwrap()["id"].as_str().unwrap().to_owned();
     let e = s.next_event(WAIT).await.unwrap();
@@ -39,7 +27,7 @@ async fn embedded_mode_needs_no_broker() {
     assert_eq!(e.data, "hello\nthere");
     // Same hub, same resume: published while away, replayed on return.
     drop(s);
-    let r2 = post(&gw, "/publish/chat", b"missed").await;
+    let r2 = post_text(&gw, "/publish/chat", b"missed").await;
     assert_eq!(r2.status, 202);
     let mut back = open_from(&gw, "/events/chat", &id).await;
     assert_eq!(back.next_event(WAIT).await.unwrap().data, "missed");
@@ -52,7 +40,7 @@ async fn publishing_through_nats_reaches_every_instance_with_the_returned_id() {
     let b = ready(&nats, |b| b).await;
     let mut on_a = open(&a, "/events/news").await;
     let mut on_b = open(&b, "/events/news").await;
-    let r = post(&a, "/publish/news?event=breaking", b"via A").await;
+    let r = post_text(&a, "/publish/news?event=breaking", b"via A").await;
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json().unwrap()["id"].as_str().unwrap().to_owned();
     let e = on_a.next_event(WAIT).await.unwrap();
@@ -64,7 +52,7 @@ async fn publishing_through_nats_reaches_every_instance_with_the_returned_id() {
     // B delivers it too (with its own core id).
     assert_eq!(on_b.next_event(WAIT).await.unwrap().data, "via A");
     // Publishing to a topic nobody watches here still answers with an id.
-    let r = post(&a, "/publish/elsewhere", b"x").await;
+    let r = post_text(&a, "/publish/elsewhere", b"x").await;
     assert_eq!(r.status, 202, "{}", r.text());
 }
 
@@ -75,7 +63,7 @@ async fn jetstream_publish_ids_are_the_same_everywhere() {
     let a = ready(&nats, js).await;
     let b = ready(&nats, js).await;
     let mut on_b = open(&b, "/events/ledger").await;
-    let r = post(&a, "/publish/ledger", b"entry").await;
+    let r = post_text(&a, "/publish/ledger", b"entry").await;
     assert_eq!(r.status, 202, "{}", r.text());
     let id = r.json().unwrap()["id"].as_str().unwrap().to_owned();
     let e = on_b.next_event(WAIT).await.unwrap();
@@ -98,13 +86,13 @@ async fn bad_publishes_are_4xx_json() {
         ("/publish/a..b", &b"ok"[..], 400, "bad_topic"),
         ("/publish/", &b"ok"[..], 400, "missing_topic"),
     ] {
-        let r = post(&gw, path, body).await;
+        let r = post_text(&gw, path, body).await;
         assert_eq!(r.status, status, "{path}: {}", r.text());
         assert_eq!(r.json().unwrap()["error"], code, "{path}");
     }
     let r = http::get(gw.addr(), "/publish/a", &[]).await.unwrap();
     assert_eq!(r.status, 405);
     let big = vec![b'x'; 1024 * 1024 + 16];
-    let r = post(&gw, "/publish/a", &big).await;
+    let r = post_text(&gw, "/publish/a", &big).await;
     assert_eq!(r.status, 413);
 }

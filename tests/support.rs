@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use sse_testkit::http;
+
 pub use sse_testkit::{
     Event, Gateway, GatewayBuilder, Item, NatsServer, SseStream, eventually, publish,
 };
@@ -116,4 +118,17 @@ pub fn h2c_client() -> reqwest::Client {
         .http2_prior_knowledge()
         .build()
         .unwrap()
+}
+
+/// `POST` of a `text/plain` body (the publish API) to `gw`'s public listener.
+pub async fn post_text(gw: &Gateway, path: &str, body: &[u8]) -> http::Response {
+    http::request(
+        gw.addr(),
+        "POST",
+        path,
+        &[("Content-Type", "text/plain")],
+        body,
+    )
+    .await
+    .unwrap()
 }

@@ -66,18 +66,28 @@ async fn setup(linger: Duration) -> Setup {
         stop: Some(stop),
         task,
     };
-    let hub = s.hub.clone();
-    eventually(WAIT, "hub connected", || {
+    wait_connected(&s.hub, true).await;
+    s
+}
+
+/// Waits until `hub` is connected to NATS (or, with `connected` false, until it has
+/// noticed the connection is gone).
+async fn wait_connected(hub: &Hub, connected: bool) {
+    let what = if connected {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    eventually(WAIT, what, || {
         let hub = hub.clone();
         async move {
-            hub.is_connected()
+            (hub.is_connected() == connected)
                 .then_some(())
-                .ok_or_else(|| anyhow::anyhow!("not yet"))
+                .ok_or_else(|| anyhow::anyhow!("not {what} yet"))
         }
     })
     .await
     .unwrap();
-    s
 }
 
 fn topic(name: &str) -> TopicName {
@@ -199,28 +209,10 @@ async fn a_nats_restart_is_announced_and_streaming_resumes() {
     frames(&mut sub, 1).await;
     s.nats.kill();
     let (hub, gauge) = (s.hub.clone(), s.gauge.clone());
-    eventually(WAIT, "disconnect noticed", || {
-        let hub = hub.clone();
-        async move {
-            (!hub.is_connected())
-                .then_some(())
-                .ok_or_else(|| anyhow::anyhow!("still connected"))
-        }
-    })
-    .await
-    .unwrap();
+    wait_connected(&hub, false).await;
     assert_eq!(gauge.get(), 0);
     s.nats.restart().await.unwrap();
-    eventually(WAIT, "reconnected", || {
-        let hub = hub.clone();
-        async move {
-            hub.is_connected()
-                .then_some(())
-                .ok_or_else(|| anyhow::anyhow!("not yet"))
-        }
-    })
-    .await
-    .unwrap();
+    wait_connected(&hub, true).await;
     let client = s.nats.client().await.unwrap();
     // The client re-subscribes by itself; publish until a message gets through.
     let mut out = BytesMut::new();

@@ -7,19 +7,36 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::http::Method;
 use pingora::protocols::http::ServerSession;
 
+use crate::admission::Admission;
 use crate::edge::{ApiError, Response as Answer};
-use crate::state::Gateway;
+use crate::metrics::Metrics;
+use crate::sse::Streams;
 
 /// Serves the admin endpoints.
 #[derive(Debug)]
 pub struct AdminApp {
-    gateway: Arc<Gateway>,
+    metrics: Metrics,
+    streams: Arc<Streams>,
+    admission: Arc<Admission>,
 }
 
 impl AdminApp {
-    /// Endpoints for `gateway`.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    /// Endpoints reporting `metrics`, with the gauges read off `streams` and `admission`.
+    pub fn new(metrics: Metrics, streams: Arc<Streams>, admission: Arc<Admission>) -> Self {
+        Self {
+            metrics,
+            streams,
+            admission,
+        }
+    }
+
+    /// Refreshes the gauges that are read off other structures.
+    fn refresh_gauges(&self) {
+        let m = &self.metrics;
+        m.rate_limited_clients
+            .set(i64::try_from(self.admission.rate_limited_clients()).unwrap_or(i64::MAX));
+        m.clients_with_streams
+            .set(i64::try_from(self.streams.clients()).unwrap_or(i64::MAX));
     }
 }
 
@@ -46,18 +63,18 @@ impl ServeHttp for AdminApp {
         }
         match path {
             "/metrics" => {
-                self.gateway.refresh_gauges();
+                self.refresh_gauges();
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    self.gateway.metrics.render(),
+                    self.metrics.render(),
                 )
             }
             "/healthz" => response(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                if self.gateway.is_ready() {
+                if self.streams.is_ready() {
                     response(200, "text/plain", b"ready\n".to_vec())
-                } else if self.gateway.is_draining() {
+                } else if self.streams.is_draining() {
                     response(503, "text/plain", b"draining\n".to_vec())
                 } else {
                     response(503, "text/plain", b"not connected to NATS\n".to_vec())

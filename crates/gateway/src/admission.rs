@@ -2,12 +2,107 @@
 //! to the HTTP answers of protocol §2 and §9 (429 / 503 with `Retry-After`).
 
 use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
 
-use sse_admission::{CapExceeded, Slot};
+use ipnet::IpNet;
+use sse_admission::{CapExceeded, Caps, RateLimiter, Slot};
 
+use crate::config::LimitSettings;
 use crate::edge::{ApiError, RequestView};
-use crate::metrics::{Outcome, Rejection};
-use crate::state::Gateway;
+use crate::metrics::{Metrics, Outcome, Rejection};
+
+/// What the public listeners admit before any request is served: who a client is, its
+/// token bucket, its sockets. Built from `[limits]`; shared by the front and Pingora's
+/// request filter.
+#[derive(Debug)]
+pub struct Admission {
+    /// Peers whose `X-Forwarded-For` is believed.
+    trusted_proxies: Vec<IpNet>,
+    /// IPv6 clients are counted by their network of this prefix length.
+    ipv6_prefix: u8,
+    /// Token buckets per client.
+    rate: RateLimiter,
+    /// Open public-listener sockets per peer.
+    sockets: Arc<Caps>,
+    /// `limits.max_sockets_per_ip`, for the message.
+    max_sockets_per_ip: u64,
+    /// `Retry-After` of a 503.
+    retry_after_secs: u64,
+}
+
+impl Admission {
+    /// Admission under `limits`; a 503 says to retry after `retry_after_secs`.
+    pub fn new(limits: &LimitSettings, retry_after_secs: u64) -> Self {
+        Self {
+            trusted_proxies: limits.trusted_proxies.clone(),
+            ipv6_prefix: limits.ipv6_prefix,
+            rate: RateLimiter::new(
+                NonZeroU32::new(limits.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN),
+                NonZeroU32::new(limits.connect_burst_per_ip).unwrap_or(NonZeroU32::MIN),
+            ),
+            sockets: Caps::new(u64::MAX, limits.max_sockets_per_ip),
+            max_sockets_per_ip: limits.max_sockets_per_ip,
+            retry_after_secs,
+        }
+    }
+
+    /// The client of `request`, which came from `peer`.
+    pub fn client(&self, peer: IpAddr, request: &dyn RequestView) -> Client {
+        let peer_trusted = sse_admission::is_trusted_peer(peer, &self.trusted_proxies);
+        // Only a trusted proxy's X-Forwarded-For is read (and only then collected).
+        let ip = if peer_trusted {
+            let forwarded = request.header_values("x-forwarded-for");
+            sse_admission::client_ip(peer, &forwarded, &self.trusted_proxies)
+        } else {
+            peer.to_canonical()
+        };
+        Client {
+            peer,
+            peer_trusted,
+            ip,
+            key: sse_admission::client_key(ip, self.ipv6_prefix),
+        }
+    }
+
+    /// Takes a token from the client's bucket (every request on the public listeners).
+    pub fn check_rate(&self, key: IpAddr) -> Result<(), Refusal> {
+        self.rate.check(key).map_err(|limited| Refusal {
+            outcome: Outcome::RateLimited,
+            rejection: Some(Rejection::RateLimited),
+            error: ApiError::rate_limited(limited.retry_after_secs()),
+        })
+    }
+
+    /// A slot among the peer's open sockets (`limits.max_sockets_per_ip`), held for the
+    /// connection's life; `None` for trusted proxies, which are exempt.
+    pub fn acquire_socket(&self, peer: IpAddr) -> Result<Option<Slot>, Refusal> {
+        if sse_admission::is_trusted_peer(peer, &self.trusted_proxies) {
+            return Ok(None);
+        }
+        let key = sse_admission::client_key(peer, self.ipv6_prefix);
+        self.sockets.acquire(key).map(Some).map_err(|_| {
+            Refusal::over_capacity(
+                self.retry_after_secs,
+                Rejection::MaxSocketsPerIp,
+                format!(
+                    "this client already has {} connections open",
+                    self.max_sockets_per_ip
+                ),
+            )
+        })
+    }
+
+    /// Forgets clients whose token bucket is full again; how many are kept.
+    pub fn prune(&self) -> usize {
+        self.rate.prune()
+    }
+
+    /// Clients with a token bucket.
+    pub fn rate_limited_clients(&self) -> usize {
+        self.rate.tracked()
+    }
+}
 
 /// A refused request: how it is counted and what the client is told.
 #[derive(Debug)]
@@ -30,11 +125,11 @@ impl Refusal {
         }
     }
 
-    fn over_capacity(gateway: &Gateway, rejection: Rejection, message: String) -> Self {
+    fn over_capacity(retry_after_secs: u64, rejection: Rejection, message: String) -> Self {
         Self {
             outcome: Outcome::OverCapacity,
             rejection: Some(rejection),
-            error: ApiError::over_capacity(message, gateway.retry_after_secs()),
+            error: ApiError::over_capacity(message, retry_after_secs),
         }
     }
 
@@ -48,11 +143,11 @@ impl Refusal {
     }
 
     /// 503: the gateway is shutting down.
-    pub fn draining(gateway: &Gateway) -> Self {
+    pub fn draining(retry_after_secs: u64) -> Self {
         Self {
             outcome: Outcome::OverCapacity,
             rejection: Some(Rejection::Draining),
-            error: ApiError::draining(gateway.retry_after_secs()),
+            error: ApiError::draining(retry_after_secs),
         }
     }
 
@@ -63,10 +158,10 @@ impl Refusal {
     }
 
     /// Counts the refusal.
-    pub fn count(&self, gateway: &Gateway) {
-        gateway.metrics.count(self.outcome);
+    pub fn count(&self, metrics: &Metrics) {
+        metrics.count(self.outcome);
         if let Some(r) = self.rejection {
-            gateway.metrics.reject(r);
+            metrics.reject(r);
         }
     }
 }
@@ -84,58 +179,8 @@ pub struct Client {
     pub key: IpAddr,
 }
 
-impl Client {
-    /// The client of `request`, which came from `peer`.
-    pub fn of(gateway: &Gateway, peer: IpAddr, request: &dyn RequestView) -> Self {
-        let limits = &gateway.config.limits;
-        let peer_trusted = sse_admission::is_trusted_peer(peer, &limits.trusted_proxies);
-        // Only a trusted proxy's X-Forwarded-For is read (and only then collected).
-        let ip = if peer_trusted {
-            let forwarded = request.header_values("x-forwarded-for");
-            sse_admission::client_ip(peer, &forwarded, &limits.trusted_proxies)
-        } else {
-            peer.to_canonical()
-        };
-        Self {
-            peer,
-            peer_trusted,
-            ip,
-            key: sse_admission::client_key(ip, limits.ipv6_prefix),
-        }
-    }
-}
-
-/// Takes a token from the client's bucket (every request on the public listeners).
-pub fn check_rate(gateway: &Gateway, key: IpAddr) -> Result<(), Refusal> {
-    gateway.rate.check(key).map_err(|limited| Refusal {
-        outcome: Outcome::RateLimited,
-        rejection: Some(Rejection::RateLimited),
-        error: ApiError::rate_limited(limited.retry_after_secs()),
-    })
-}
-
-/// A slot among the peer's open sockets (`limits.max_sockets_per_ip`), held for the
-/// connection's life; `None` for trusted proxies, which are exempt.
-pub fn acquire_socket(gateway: &Gateway, peer: IpAddr) -> Result<Option<Slot>, Refusal> {
-    let limits = &gateway.config.limits;
-    if sse_admission::is_trusted_peer(peer, &limits.trusted_proxies) {
-        return Ok(None);
-    }
-    let key = sse_admission::client_key(peer, limits.ipv6_prefix);
-    gateway.sockets.acquire(key).map(Some).map_err(|_| {
-        Refusal::over_capacity(
-            gateway,
-            Rejection::MaxSocketsPerIp,
-            format!(
-                "this client already has {} connections open",
-                limits.max_sockets_per_ip
-            ),
-        )
-    })
-}
-
 /// Maps a stream cap to its refusal.
-pub fn cap_refusal(gateway: &Gateway, cap: CapExceeded) -> Refusal {
+pub fn cap_refusal(retry_after_secs: u64, cap: CapExceeded) -> Refusal {
     let (rejection, message) = match cap {
         CapExceeded::Total { max } => (
             Rejection::MaxConnections,
@@ -147,10 +192,10 @@ pub fn cap_refusal(gateway: &Gateway, cap: CapExceeded) -> Refusal {
         ),
         other => (Rejection::MaxConnections, other.to_string()),
     };
-    Refusal::over_capacity(gateway, rejection, message)
+    Refusal::over_capacity(retry_after_secs, rejection, message)
 }
 
 /// Maps a full topic (or a full topic table) to its refusal.
-pub fn topic_full(gateway: &Gateway, e: &sse_hub::SubscribeError) -> Refusal {
-    Refusal::over_capacity(gateway, Rejection::of(e), e.to_string())
+pub fn topic_full(retry_after_secs: u64, e: &sse_hub::SubscribeError) -> Refusal {
+    Refusal::over_capacity(retry_after_secs, Rejection::of(e), e.to_string())
 }

@@ -42,11 +42,16 @@ use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
+use sse_auth::Authorizer;
 use sse_bus::{NatsBus, NatsBusConfig, Publisher};
 use sse_hub::{Epoch, Hub, HubConfig, Source};
 
+use crate::admission::Admission;
 use crate::config::{BusKind, Config};
+use crate::edge::Cors;
 use crate::metrics::Metrics;
+use crate::publish::Publishing;
+use crate::sse::Streams;
 use crate::state::Gateway;
 
 /// Exit status for configuration errors.
@@ -226,8 +231,40 @@ fn run(config: Config) -> anyhow::Result<()> {
     if config.jetstream.is_none() {
         tracing::info!(epoch = %hub.epoch(), "event ids of this run carry this epoch");
     }
-    let gateway = Gateway::new(config, hub, publisher, metrics);
-    let server_conf = &gateway.config.server;
+    // The runtime objects, each built by the module that uses it.
+    let auth = match config.auth {
+        Some(auth) => Some(Arc::new(
+            Authorizer::new(auth).context("building the authorizer")?,
+        )),
+        None => None,
+    };
+    let retry_after = sse::retry_after_secs(&config.sse);
+    let streams = Streams::new(
+        hub.clone(),
+        &config.sse,
+        &config.limits,
+        config.server.grace_period,
+        auth.clone(),
+        metrics.clone(),
+    );
+    let admission = Arc::new(Admission::new(&config.limits, retry_after));
+    let gateway = Arc::new(Gateway {
+        server: config.server.clone(),
+        write_timeout: config.sse.write_timeout,
+        cors: Cors::new(&config.cors.allowed_origins, config.cors.allow_credentials),
+        admission: admission.clone(),
+        streams: streams.clone(),
+        publishing: Publishing::new(
+            publisher,
+            hub.clone(),
+            config.limits.max_publish_bytes,
+            auth,
+            retry_after,
+            metrics.clone(),
+        ),
+        metrics: metrics.clone(),
+    });
+    let server_conf = &config.server;
 
     let conf = ServerConf {
         threads: server_conf.threads,
@@ -239,14 +276,14 @@ fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let (routes, health_checks) = routes::build(&gateway.config.routes)?;
+    let (routes, health_checks) = routes::build(&config.routes)?;
     let routes = Arc::new(routes);
     let mut proxy = HttpProxy::new(
         proxy::EdgeProxy::new(gateway.clone(), routes.clone()),
         server.configuration.clone(),
     );
     proxy.handle_init_modules();
-    proxy.server_options = Some(http_server_options(&gateway.config.server));
+    proxy.server_options = Some(http_server_options(&config.server));
     proxy.h2_options = Some(h2_options());
     let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy), routes);
     let mut public = Service::new("public".to_owned(), front);
@@ -257,19 +294,22 @@ fn run(config: Config) -> anyhow::Result<()> {
         ListenerConfig::tcp(server_conf.listen.to_string())
             .l4_buffer(L4BufferSettings::unbuffered()),
     );
-    if let Some(tls) = &gateway.config.tls {
+    if let Some(tls) = &config.tls {
         preflight::check_bindable("tls.listen", tls.listen)?;
         let mut settings = TlsSettings::intermediate(&tls.cert_file, &tls.key_file)
             .map_err(|e| anyhow::anyhow!("tls: cannot load the certificate or key: {e}"))?;
         settings.enable_h2();
         public.add_listener(ListenerConfig::tcp(tls.listen.to_string()).tls(settings));
     }
-    let mut admin = Service::new("admin".to_owned(), admin::AdminApp::new(gateway.clone()));
-    admin.add_tcp(&gateway.config.admin_listen.to_string());
+    let mut admin = Service::new(
+        "admin".to_owned(),
+        admin::AdminApp::new(metrics, streams.clone(), admission.clone()),
+    );
+    admin.add_tcp(&config.admin_listen.to_string());
     admin.threads = Some(1);
     let mut upstream = background_service(
         "upstream",
-        upstream::UpstreamService::new(gateway.clone(), bus),
+        upstream::UpstreamService::new(hub, admission, bus),
     );
     // One thread is plenty for the NATS client and housekeeping; the cores are for streams.
     upstream.threads = Some(1);
@@ -282,17 +322,20 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         listen = %server_conf.listen,
-        admin = %gateway.config.admin_listen,
+        admin = %config.admin_listen,
         "sse-gateway starting"
     );
     exit_if_a_listener_fails();
     server.run(RunArgs {
-        shutdown_signal: Box::new(shutdown::DrainOnSignal::new(Arc::clone(&gateway))),
+        shutdown_signal: Box::new(shutdown::DrainOnSignal::new(
+            streams.clone(),
+            config.server.grace_period,
+        )),
     });
     tracing::info!(
-        open_streams = gateway.open_streams(),
-        clients_with_streams = gateway.caps.tracked_ips(),
-        stream_slots = gateway.caps.open(),
+        open_streams = streams.open(),
+        clients_with_streams = streams.clients(),
+        stream_slots = streams.slots(),
         "stopped"
     );
     Ok(())

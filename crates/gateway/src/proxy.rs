@@ -51,8 +51,8 @@ impl EdgeProxy {
 
     /// Counts a refusal and answers it.
     async fn refuse(&self, session: &mut Session, refusal: Refusal) -> Result<bool> {
-        refusal.count(&self.gateway);
-        let cors = edge::cors_headers(&self.gateway.config.cors, session.req_header());
+        refusal.count(&self.gateway.metrics);
+        let cors = edge::cors_headers(&self.gateway.cors, session.req_header());
         Response::error(&refusal.error.with_headers(cors))
             .send(session)
             .await?;
@@ -63,10 +63,10 @@ impl EdgeProxy {
     /// writer runs over an in-process pipe whose bytes are relayed here, until either
     /// side ends.
     async fn open_stream(&self, session: &mut Session, client: Client) -> Result<bool> {
-        let cors = edge::cors_headers(&self.gateway.config.cors, session.req_header());
+        let cors = edge::cors_headers(&self.gateway.cors, session.req_header());
         let admitted = {
             let request = StreamRequest::new(session.req_header(), client, cors.clone());
-            sse::admit(&self.gateway, &request).await
+            sse::admit(&self.gateway.streams, &request).await
         };
         let admitted = match admitted {
             Ok(a) => a,
@@ -74,7 +74,7 @@ impl EdgeProxy {
         };
         Response::event_stream(cors).send(session).await?;
         let (ours, mut theirs) = tokio::io::duplex(RELAY_BUFFER);
-        sse::spawn(&self.gateway, ours, admitted, client.peer, None);
+        sse::spawn(&self.gateway.streams, ours, admitted, client.peer, None);
         let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
         loop {
             tokio::select! {
@@ -122,7 +122,7 @@ impl ProxyHttp for EdgeProxy {
                 "no client address",
             ));
         };
-        let client = Client::of(gateway, peer, session.req_header());
+        let client = gateway.admission.client(peer, session.req_header());
         ctx.client = Some(client);
         if session.as_downstream().is_http2() {
             // HTTP/1 heads were checked by the front before the hand-over.
@@ -135,13 +135,13 @@ impl ProxyHttp for EdgeProxy {
                 };
                 return self.refuse(session, refusal).await;
             }
-            if let Err(refusal) = edge::check(gateway, session.req_header(), &client) {
+            if let Err(refusal) = edge::check(&gateway.admission, session.req_header(), &client) {
                 return self.refuse(session, refusal).await;
             }
         }
         let req = session.req_header();
         let preflight = req.method() == "OPTIONS";
-        let cors = &gateway.config.cors;
+        let cors = &gateway.cors;
         match edge::path::target(req.path(), &self.routes) {
             Target::Events if preflight => {
                 edge::preflight(cors, req, "GET, OPTIONS")
@@ -156,7 +156,7 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Target::Events => self.open_stream(session, client).await,
-            Target::Publish => publish::handle(gateway, session).await,
+            Target::Publish => publish::handle(&gateway.publishing, &gateway.cors, session).await,
             Target::Demo => {
                 edge::demo(req).send(session).await?;
                 Ok(true)

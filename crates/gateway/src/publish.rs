@@ -12,15 +12,68 @@
 //! (a form POST needs no preflight), so anything else is `403` (send the token in
 //! `Authorization` instead).
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use percent_encoding::percent_decode_str;
 use pingora::proxy::Session;
-use sse_bus::PublishError;
+use sse_auth::Authorizer;
+use sse_bus::{PublishError, Publisher};
+use sse_hub::Hub;
 use sse_topic::TopicName;
 
-use crate::edge::{self, ApiError, RequestView, Response};
-use crate::metrics::Outcome;
-use crate::state::Gateway;
+use crate::edge::{self, ApiError, Cors, RequestView, Response};
+use crate::metrics::{Metrics, Outcome};
+
+/// The publish API: where a body goes, how large it may be, who may send it.
+#[derive(Debug)]
+pub struct Publishing {
+    /// The way out (NATS, or the hub in embedded mode).
+    publisher: Publisher,
+    /// Checks that a framed event fits the byte budgets.
+    hub: Hub,
+    /// `limits.max_publish_bytes`, or the default.
+    max_publish_bytes: usize,
+    /// Who may publish where, when `[auth]` is on.
+    auth: Option<Arc<Authorizer>>,
+    /// `Retry-After` of a 503.
+    retry_after_secs: u64,
+    metrics: Metrics,
+}
+
+impl Publishing {
+    /// Publishing through `publisher`; bodies up to `max_publish_bytes` (`None`: the
+    /// default), checked against `hub`'s budgets.
+    pub fn new(
+        publisher: Publisher,
+        hub: Hub,
+        max_publish_bytes: Option<usize>,
+        auth: Option<Arc<Authorizer>>,
+        retry_after_secs: u64,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            publisher,
+            hub,
+            max_publish_bytes: max_publish_bytes.unwrap_or(DEFAULT_MAX_BODY),
+            auth,
+            retry_after_secs,
+            metrics,
+        }
+    }
+
+    /// The largest body accepted now: the configured limit (or the default), never more
+    /// than the bus can carry.
+    pub fn max_body(&self) -> usize {
+        let bus = self
+            .publisher
+            .max_payload()
+            .map(|max| max.saturating_sub(HEADER_ROOM));
+        bus.map_or(self.max_publish_bytes, |bus| {
+            self.max_publish_bytes.min(bus)
+        })
+    }
+}
 
 /// The path prefix of the publish API.
 pub const PUBLISH_PATH: &str = "/publish/";
@@ -35,21 +88,6 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024 - HEADER_ROOM;
 /// Whether `path` is the publish API's.
 pub fn is_publish_path(path: &str) -> bool {
     path.starts_with(PUBLISH_PATH) || path == "/publish"
-}
-
-/// The largest body accepted now: the configured limit (or the default), never more than
-/// the bus can carry.
-pub fn max_body(gateway: &Gateway) -> usize {
-    let configured = gateway
-        .config
-        .limits
-        .max_publish_bytes
-        .unwrap_or(DEFAULT_MAX_BODY);
-    let bus = gateway
-        .publisher
-        .max_payload()
-        .map(|max| max.saturating_sub(HEADER_ROOM));
-    bus.map_or(configured, |bus| configured.min(bus))
 }
 
 /// What a valid publish request asks for.
@@ -87,36 +125,44 @@ pub fn parse(path: &str, query: Option<&str>) -> Result<PublishRequest, ApiError
 }
 
 /// Serves a publish request; always answers.
-pub async fn handle(gateway: &Gateway, session: &mut Session) -> pingora::Result<bool> {
-    let cors = edge::cors_headers(&gateway.config.cors, session.req_header());
-    let answer = match publish(gateway, session).await {
+pub async fn handle(
+    publishing: &Publishing,
+    cors: &Cors,
+    session: &mut Session,
+) -> pingora::Result<bool> {
+    let headers = edge::cors_headers(cors, session.req_header());
+    let answer = match publish(publishing, cors, session).await {
         Ok(id) => Response::json(202, &serde_json::json!({ "id": id })),
         Err(error) => {
             if matches!(error.status, 401 | 403) {
-                gateway.metrics.count(Outcome::Unauthorized);
+                publishing.metrics.count(Outcome::Unauthorized);
             }
             // The body may be unread: the connection is not worth draining.
             session.set_keepalive(None);
             Response::error(&error)
         }
     };
-    answer.with_headers(cors).send(session).await?;
+    answer.with_headers(headers).send(session).await?;
     Ok(true)
 }
 
-async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, ApiError> {
+async fn publish(
+    publishing: &Publishing,
+    cors: &Cors,
+    session: &mut Session,
+) -> Result<String, ApiError> {
     let req = session.req_header();
     if req.method() != "POST" {
         return Err(ApiError::method_not_allowed(req.method(), "POST"));
     }
     let request = parse(req.path(), req.query())?;
-    if let Some(auth) = &gateway.config.auth {
+    if let Some(auth) = &publishing.auth {
         let cookies = req.header_values("cookie");
         let found = auth.token_with_source(req.header("authorization"), &cookies, req.query());
         if found
             .as_ref()
             .is_some_and(|(_, source)| *source == sse_auth::TokenSource::Cookie)
-            && is_cross_site(gateway, req)
+            && is_cross_site(cors, req)
         {
             return Err(ApiError::cross_site());
         }
@@ -124,7 +170,7 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
         auth.check_publish(token.as_deref(), request.topic.as_str())
             .map_err(|d| ApiError::denied(&d))?;
     }
-    let max = max_body(gateway);
+    let max = publishing.max_body();
     let declared = req
         .header("content-length")
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -140,13 +186,16 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
         ));
     };
     // Framed, the event must fit the hub's byte budgets (protocol §10), or it is never held.
-    if let Err(e) = gateway.hub.check_frame_size(data, request.event.as_deref()) {
+    if let Err(e) = publishing
+        .hub
+        .check_frame_size(data, request.event.as_deref())
+    {
         return Err(ApiError {
             message: e.to_string(),
             ..ApiError::payload_too_large(e.max)
         });
     }
-    gateway
+    publishing
         .publisher
         .publish(&request.topic, body, request.event.as_deref())
         .await
@@ -154,19 +203,19 @@ async fn publish(gateway: &Gateway, session: &mut Session) -> Result<String, Api
             PublishError::Timeout => ApiError::gateway_timeout(e.to_string()),
             PublishError::Refused(_) => ApiError::bad_request("refused", e.to_string()),
             PublishError::TooLarge => ApiError::payload_too_large(max),
-            other => ApiError::unavailable(other.to_string(), gateway.retry_after_secs()),
+            other => ApiError::unavailable(other.to_string(), publishing.retry_after_secs),
         })
 }
 
 /// Whether a browser sent this request on behalf of another site: its `Origin` is
 /// neither this gateway's own (the `Host` it was sent to) nor one allowed to send
 /// credentials by `[cors]`.
-fn is_cross_site(gateway: &Gateway, req: &pingora::http::RequestHeader) -> bool {
+fn is_cross_site(cors: &Cors, req: &pingora::http::RequestHeader) -> bool {
     let Some(origin) = req.header("origin") else {
         // Browsers send Origin on every cross-site POST; without it, Sec-Fetch-Site tells.
         return req.header("sec-fetch-site") == Some(&b"cross-site"[..]);
     };
-    if gateway.config.cors.allows_credentials_from(origin) {
+    if cors.allows_credentials_from(origin) {
         return false;
     }
     let authority = origin

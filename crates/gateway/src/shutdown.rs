@@ -13,18 +13,20 @@ use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::state::Gateway;
+use crate::sse::Streams;
 
-/// Drains the gateway on SIGTERM or SIGINT.
+/// Drains the streams on SIGTERM or SIGINT.
 #[derive(Debug)]
 pub struct DrainOnSignal {
-    gateway: Arc<Gateway>,
+    streams: Arc<Streams>,
+    /// `server.grace_period`.
+    grace: Duration,
 }
 
 impl DrainOnSignal {
-    /// A watcher for `gateway`.
-    pub fn new(gateway: Arc<Gateway>) -> Self {
-        Self { gateway }
+    /// A watcher that gives `streams` up to `grace` to end.
+    pub fn new(streams: Arc<Streams>, grace: Duration) -> Self {
+        Self { streams, grace }
     }
 }
 
@@ -45,17 +47,17 @@ impl ShutdownSignalWatch for DrainOnSignal {
             _ = term.recv() => tracing::info!("SIGTERM: draining"),
             _ = int.recv() => tracing::info!("SIGINT: draining (again to stop at once)"),
         }
-        let grace = self.gateway.config.server.grace_period;
-        self.gateway.start_draining();
-        let open = self.gateway.open_streams();
+        let grace = self.grace;
+        self.streams.start_draining();
+        let open = self.streams.open();
         tracing::info!(open, grace = %humantime::format_duration(grace), "ending every stream");
         tokio::select! {
-            () = self.gateway.all_streams_closed() => {
+            () = self.streams.all_closed() => {
                 tracing::info!("every stream ended; stopping");
             }
             () = tokio::time::sleep(grace) => {
                 tracing::warn!(
-                    open = self.gateway.open_streams(),
+                    open = self.streams.open(),
                     "grace period over; closing the streams left"
                 );
             }

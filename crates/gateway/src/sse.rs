@@ -9,22 +9,167 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sse_admission::Slot;
-use sse_hub::{BodyFraming, Subscription};
+use sse_admission::{Caps, Slot};
+use sse_auth::Authorizer;
+use sse_hub::{BodyFraming, Hub, Subscription, WriterConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::admission::{self, Client, Refusal};
+use crate::config::{LimitSettings, SseSettings};
 use crate::edge::{ApiError, Connection, Headers, RequestView, Response, Version};
-use crate::metrics::Outcome;
+use crate::metrics::{Metrics, Outcome};
 use crate::request::parse_events_request;
-use crate::state::{Gateway, StreamGuard};
 
 /// How long a new stream waits for its upstream subscriptions to be confirmed.
 const UPSTREAM_CONFIRM: Duration = Duration::from_secs(5);
+
+/// The event streams: what admits them, what they are served from, how many are open.
+#[derive(Debug)]
+pub struct Streams {
+    /// Topics, rings, fan-out.
+    pub hub: Hub,
+    /// Settings of every stream writer.
+    writer: WriterConfig,
+    /// Stream caps (global and per client).
+    caps: Arc<Caps>,
+    /// Who may read which topics, when `[auth]` is on.
+    auth: Option<Arc<Authorizer>>,
+    /// `sse.allow_wildcards`.
+    allow_wildcards: bool,
+    /// `sse.max_topics_per_connection`.
+    max_topics_per_connection: usize,
+    /// `Retry-After` of a 503.
+    retry_after_secs: u64,
+    metrics: Metrics,
+    /// Set on SIGTERM: no stream is admitted any more.
+    draining: AtomicBool,
+    /// Streams admitted and not yet ended.
+    open: AtomicU64,
+    /// Notified when the last open stream ends.
+    gone: Notify,
+}
+
+impl Streams {
+    /// Streams served from `hub` under `[sse]` and `[limits]`; every stream ends within
+    /// most of `grace_period` once draining starts.
+    pub fn new(
+        hub: Hub,
+        sse: &SseSettings,
+        limits: &LimitSettings,
+        grace_period: Duration,
+        auth: Option<Arc<Authorizer>>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let writer = WriterConfig {
+            heartbeat: sse.heartbeat,
+            retry: sse.retry,
+            write_timeout: sse.write_timeout,
+            client_buffer: sse.client_buffer,
+            client_buffer_bytes: sse.client_buffer_bytes,
+            max_write_frames: sse.client_buffer,
+            max_write_bytes: 256 * 1024,
+            // Streams end spread over most of the grace period, each told to come back
+            // soon (to another instance) but not all at once.
+            drain_spread: grace_period.mul_f64(0.75),
+            drain_retry: sse.retry.min(Duration::from_secs(1)),
+        };
+        Arc::new(Self {
+            hub,
+            writer,
+            caps: Caps::new(limits.max_connections, limits.max_connections_per_ip),
+            auth,
+            allow_wildcards: sse.allow_wildcards,
+            max_topics_per_connection: sse.max_topics_per_connection,
+            retry_after_secs: retry_after_secs(sse),
+            metrics,
+            draining: AtomicBool::new(false),
+            open: AtomicU64::new(0),
+            gone: Notify::new(),
+        })
+    }
+
+    /// Whether SIGTERM was received.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops admitting streams and asks every open one to end.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.hub.close();
+    }
+
+    /// Ready: connected upstream and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.hub.is_connected() && !self.is_draining()
+    }
+
+    /// Streams admitted and not yet ended.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Places taken under the stream caps (equal to [`Self::open`] once every admission
+    /// in progress has finished).
+    pub fn slots(&self) -> u64 {
+        self.caps.open()
+    }
+
+    /// Clients holding at least one stream.
+    pub fn clients(&self) -> usize {
+        self.caps.tracked_ips()
+    }
+
+    /// Resolves once no stream is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let gone = self.gone.notified();
+            let mut gone = std::pin::pin!(gone);
+            // Registered before the check, so a release in between is not missed.
+            gone.as_mut().enable();
+            if self.open() == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+
+    /// Counts an open stream until the guard is dropped.
+    fn open_stream(self: &Arc<Self>) -> StreamGuard {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        self.metrics.connections_active.inc();
+        StreamGuard {
+            streams: self.clone(),
+        }
+    }
+}
+
+/// `Retry-After` for 503 answers: the announced reconnection delay, at least 1 s.
+pub fn retry_after_secs(sse: &SseSettings) -> u64 {
+    sse.retry.as_secs().max(1)
+}
+
+/// One open stream, counted (and in `sse_connections_active`) until dropped, on every
+/// exit path.
+#[derive(Debug)]
+struct StreamGuard {
+    streams: Arc<Streams>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.streams.metrics.connections_active.dec();
+        if self.streams.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.streams.gone.notify_waiters();
+        }
+    }
+}
 
 /// What opening a stream needs to know of a request, whichever way it arrived.
 pub struct StreamRequest<'a> {
@@ -68,7 +213,7 @@ pub struct Admitted {
 /// Checks, in order (the token bucket was taken by the edge): method, request,
 /// credentials, draining, connection caps, topic caps; then subscribes and waits for the
 /// upstream subscriptions.
-pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Admitted, Refusal> {
+pub async fn admit(streams: &Arc<Streams>, req: &StreamRequest<'_>) -> Result<Admitted, Refusal> {
     let request = req.request;
     if request.method() != "GET" {
         return Err(Refusal::bad_request(ApiError::method_not_allowed(
@@ -76,15 +221,14 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
             "GET",
         )));
     }
-    let sse = &gateway.config.sse;
     let events = parse_events_request(
         request.path(),
         request.query(),
-        sse.allow_wildcards,
-        sse.max_topics_per_connection,
+        streams.allow_wildcards,
+        streams.max_topics_per_connection,
     )
     .map_err(|e| Refusal::bad_request(e.into()))?;
-    if let Some(auth) = &gateway.config.auth {
+    if let Some(auth) = &streams.auth {
         let cookies = request.header_values("cookie");
         let token = auth.token_from(request.header("authorization"), &cookies, request.query());
         let topics: Vec<&str> = events.topics.iter().map(|t| t.as_str()).collect();
@@ -96,21 +240,21 @@ pub async fn admit(gateway: &Arc<Gateway>, req: &StreamRequest<'_>) -> Result<Ad
         Some(v) => Some(String::from_utf8_lossy(v).into_owned()),
         None => events.last_event_id,
     };
-    if gateway.is_draining() {
-        return Err(Refusal::draining(gateway));
+    if streams.is_draining() {
+        return Err(Refusal::draining(streams.retry_after_secs));
     }
-    let slot = gateway
+    let slot = streams
         .caps
         .acquire(req.client.key)
-        .map_err(|cap| admission::cap_refusal(gateway, cap))?;
-    let sub = gateway
+        .map_err(|cap| admission::cap_refusal(streams.retry_after_secs, cap))?;
+    let sub = streams
         .hub
         .subscribe(&events.topics, last_event_id.as_deref())
-        .map_err(|e| admission::topic_full(gateway, &e))?;
-    let guard = gateway.open_stream();
-    gateway.hub.wait_upstream(&sub, UPSTREAM_CONFIRM).await;
-    if gateway.is_draining() {
-        return Err(Refusal::draining(gateway));
+        .map_err(|e| admission::topic_full(streams.retry_after_secs, &e))?;
+    let guard = streams.open_stream();
+    streams.hub.wait_upstream(&sub, UPSTREAM_CONFIRM).await;
+    if streams.is_draining() {
+        return Err(Refusal::draining(streams.retry_after_secs));
     }
     let (head, framing) = match request.version() {
         Version::Http11 => (
@@ -150,7 +294,7 @@ fn http1_head(cors: &Headers, connection: Connection) -> Bytes {
 /// Serves an admitted stream on `io` from a task of its own; `socket` (the connection's
 /// place under `limits.max_sockets_per_ip`) is held until it ends.
 pub fn spawn<S>(
-    gateway: &Arc<Gateway>,
+    streams: &Arc<Streams>,
     io: S,
     admitted: Admitted,
     peer: IpAddr,
@@ -158,8 +302,8 @@ pub fn spawn<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    gateway.metrics.count(Outcome::Accepted);
-    let gateway = gateway.clone();
+    streams.metrics.count(Outcome::Accepted);
+    let streams = streams.clone();
     tokio::spawn(async move {
         let Admitted {
             sub,
@@ -169,7 +313,7 @@ pub fn spawn<S>(
             head,
         } = admitted;
         let started = Instant::now();
-        let report = sse_hub::serve(io, sub, head, framing, &gateway.writer).await;
+        let report = sse_hub::serve(io, sub, head, framing, &streams.writer).await;
         tracing::debug!(
             %peer,
             topics = ?report.topics,

@@ -8,23 +8,27 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use sse_bus::NatsBus;
+use sse_hub::Hub;
 
-use crate::state::Gateway;
+use crate::admission::Admission;
 
 /// Runs the bus and housekeeping until shutdown.
 #[derive(Debug)]
 pub struct UpstreamService {
-    gateway: Arc<Gateway>,
+    hub: Hub,
+    admission: Arc<Admission>,
     /// Taken by `start`, which Pingora calls once. `None` in embedded mode.
     bus: Mutex<Option<NatsBus>>,
 }
 
 impl UpstreamService {
-    /// The service for `gateway`, running `bus` (`None`: embedded mode, no broker).
-    pub fn new(gateway: Arc<Gateway>, bus: Option<NatsBus>) -> Self {
+    /// The service running `bus` (`None`: embedded mode, no broker), `hub`'s linger
+    /// sweeper and the pruner of `admission`'s token buckets.
+    pub fn new(hub: Hub, admission: Arc<Admission>, bus: Option<NatsBus>) -> Self {
         Self {
+            hub,
+            admission,
             bus: Mutex::new(bus),
-            gateway,
         }
     }
 }
@@ -33,8 +37,8 @@ impl UpstreamService {
 impl BackgroundService for UpstreamService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let bus = self.bus.lock().ok().and_then(|mut b| b.take());
-        let sweeper = tokio::spawn(self.gateway.hub.clone().run_linger_sweeper());
-        let pruner = tokio::spawn(prune_rate_limiter(self.gateway.clone()));
+        let sweeper = tokio::spawn(self.hub.clone().run_linger_sweeper());
+        let pruner = tokio::spawn(prune_rate_limiter(self.admission.clone()));
         let stopped = async move {
             let _ = shutdown.changed().await;
         };
@@ -56,12 +60,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// Forgets clients whose token bucket is full again, so the keyed state stays bounded
 /// however many addresses come by.
-async fn prune_rate_limiter(gateway: Arc<Gateway>) {
+async fn prune_rate_limiter(admission: Arc<Admission>) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let kept = gateway.rate.prune();
+        let kept = admission.prune();
         tracing::trace!(kept, "pruned idle token buckets");
     }
 }

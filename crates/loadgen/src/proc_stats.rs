@@ -208,7 +208,11 @@ mod tests {
         // The tree holds this process and the child: more than the child alone (whose
         // size, unlike this test process's, does not move while the other tests run).
         let child_rss = sample(child.id()).expect("child").rss_bytes;
-        assert!(tree.rss_bytes > child_rss, "{} <= {child_rss}", tree.rss_bytes);
+        assert!(
+            tree.rss_bytes > child_rss,
+            "{} <= {child_rss}",
+            tree.rss_bytes
+        );
         let _ = child.kill();
         let _ = child.wait();
         let (after, _) = sample_tree(me).expect("own tree");

@@ -1,7 +1,5 @@
 //! `[auth]`: JWT verification keys, the cookie, public topics.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 use sse_auth::{AuthConfig, Authorizer, VerifyKey};
 
@@ -35,9 +33,11 @@ impl Default for RawAuth {
     }
 }
 
-/// `[auth]`, validated: the key read from its file and the authorizer built from it
-/// (which checks the secret's length and the public topic patterns), when auth is on.
-pub(super) fn validate(auth: RawAuth) -> Result<Option<Arc<Authorizer>>, ConfigError> {
+/// `[auth]`, validated, when auth is on: the key read from its file, and everything the
+/// authorizer checks (the secret's length, the cookie name, the public topic patterns)
+/// checked by building one, so a bad value is a configuration error naming its key. The
+/// edge builds its own from the same settings.
+pub(super) fn validate(auth: RawAuth) -> Result<Option<AuthConfig>, ConfigError> {
     if !auth.enabled {
         return Ok(None);
     }
@@ -68,7 +68,6 @@ pub(super) fn validate(auth: RawAuth) -> Result<Option<Arc<Authorizer>>, ConfigE
         cookie: auth.cookie,
         public_topics: auth.public_topics,
     };
-    Authorizer::new(config)
-        .map(|a| Some(Arc::new(a)))
-        .map_err(|e| invalid("auth", e.to_string()))
+    Authorizer::new(config.clone()).map_err(|e| invalid("auth", e.to_string()))?;
+    Ok(Some(config))
 }

@@ -5,7 +5,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, invalid, positive};
-use crate::edge::Cors;
 
 /// `[cors]`
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -59,8 +58,17 @@ pub struct RouteSettings {
     pub read_timeout: Duration,
 }
 
-/// `[cors]`, validated into the policy the edge applies.
-pub(super) fn validate_cors(cors: &RawCors) -> Result<Cors, ConfigError> {
+/// `[cors]`, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsSettings {
+    /// Origins allowed (`"*"`: any).
+    pub allowed_origins: Vec<String>,
+    /// Credentials (cookies) allowed, to the origins listed by name.
+    pub allow_credentials: bool,
+}
+
+/// `[cors]`, validated: origins well formed, no credentials for `"*"`.
+pub(super) fn validate_cors(cors: RawCors) -> Result<CorsSettings, ConfigError> {
     if cors.allow_credentials && cors.allowed_origins.iter().any(|o| o == "*") {
         return Err(invalid(
             "cors.allowed_origins",
@@ -80,7 +88,10 @@ pub(super) fn validate_cors(cors: &RawCors) -> Result<Cors, ConfigError> {
             ));
         }
     }
-    Ok(Cors::new(&cors.allowed_origins, cors.allow_credentials))
+    Ok(CorsSettings {
+        allowed_origins: cors.allowed_origins,
+        allow_credentials: cors.allow_credentials,
+    })
 }
 
 /// `[[routes]]`, validated: prefixes distinct and clear of the gateway's own paths.

@@ -18,22 +18,20 @@ mod sse;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use sse_auth::Authorizer;
+use sse_auth::AuthConfig;
 use sse_bus::JetStreamConfig;
 
 pub use self::auth::RawAuth;
 pub use self::bus::{BusKind, NatsSettings, RawBus, RawJetStream, RawNats};
-pub use self::edge::{RawCors, RawRoute, RouteSettings};
+pub use self::edge::{CorsSettings, RawCors, RawRoute, RouteSettings};
 pub use self::limits::{LimitSettings, RawLimits};
 pub use self::server::{
     LogFormat, RawAdmin, RawLog, RawServer, RawTls, ServerSettings, TlsSettings,
 };
 pub use self::sse::{RawSse, SseSettings};
-use crate::edge::Cors;
 
 /// A configuration problem, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -131,11 +129,11 @@ pub struct Config {
     /// `[[routes]]`.
     pub routes: Vec<RouteSettings>,
     /// `[cors]`.
-    pub cors: Cors,
+    pub cors: CorsSettings,
     /// `[tls]`.
     pub tls: Option<TlsSettings>,
     /// `[auth]`, when enabled.
-    pub auth: Option<Arc<Authorizer>>,
+    pub auth: Option<AuthConfig>,
     /// `log.format = "json"`.
     pub log_json: bool,
 }
@@ -180,7 +178,7 @@ impl Config {
             jetstream,
             bus,
             routes: edge::validate_routes(routes)?,
-            cors: edge::validate_cors(&cors)?,
+            cors: edge::validate_cors(cors)?,
             tls,
             auth: auth::validate(auth)?,
             log_json: log.format == LogFormat::Json,

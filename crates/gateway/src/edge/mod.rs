@@ -29,8 +29,7 @@ pub use self::path::Target;
 pub use self::response::{Connection, Response};
 pub use self::view::{RequestView, Version};
 
-use crate::admission::{self, Client, Refusal};
-use crate::state::Gateway;
+use crate::admission::{Admission, Client, Refusal};
 
 /// Every method a route may carry; the `Allow` of a refused `CONNECT`.
 const PROXIED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
@@ -39,8 +38,12 @@ const PROXIED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 /// token bucket (preflights included), a method the gateway serves (`CONNECT` is never
 /// tunnelled), and a path no route can be tricked with ([`path::check`]). Head sizes and
 /// deadlines are checked by whichever reader parsed the head.
-pub fn check(gateway: &Gateway, request: &dyn RequestView, client: &Client) -> Result<(), Refusal> {
-    admission::check_rate(gateway, client.key)?;
+pub fn check(
+    admission: &Admission,
+    request: &dyn RequestView,
+    client: &Client,
+) -> Result<(), Refusal> {
+    admission.check_rate(client.key)?;
     if request.method() == "CONNECT" {
         return Err(Refusal::bad_request(ApiError::method_not_allowed(
             "CONNECT",

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use self::handoff::{ChunkScanner, OneRequest};
 use self::head::{BodyLength, HeadError, RequestHead, read_head};
 use self::rewound::Rewound;
-use crate::admission::{self, Client, Refusal};
+use crate::admission::{Client, Refusal};
 use crate::edge::{self, ApiError, Connection, Response, Target};
 use crate::metrics::Outcome;
 use crate::proxy::EdgeProxy;
@@ -99,10 +99,10 @@ impl ServerApp for PublicApp {
             return None;
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let socket = match admission::acquire_socket(gateway, peer) {
+        let socket = match gateway.admission.acquire_socket(peer) {
             Ok(slot) => slot,
             Err(refusal) => {
-                refusal.count(gateway);
+                refusal.count(&gateway.metrics);
                 tracing::debug!(%peer, "socket cap reached; refusing the connection");
                 if !h2 {
                     let answer = Response::error(&refusal.error);
@@ -120,9 +120,9 @@ impl ServerApp for PublicApp {
             drop(socket);
             return done;
         }
-        let header_timeout = gateway.config.server.header_timeout;
+        let header_timeout = gateway.server.header_timeout;
         let mut buf = BytesMut::new();
-        if gateway.config.server.h2c {
+        if gateway.server.h2c {
             match sniff_h2c(&mut stream, &mut buf, header_timeout).await {
                 Some(true) => {
                     let done = self.serve_h2c(stream, buf, shutdown).await;
@@ -188,7 +188,7 @@ struct Http1<'a> {
 impl Http1<'_> {
     async fn serve(&mut self, mut stream: Stream) {
         let gateway = &self.app.gateway;
-        let server = &gateway.config.server;
+        let server = &gateway.server;
         let mut idle = server.header_timeout;
         let mut first = true;
         loop {
@@ -211,10 +211,11 @@ impl Http1<'_> {
                 Err(e) => return refuse_head(gateway, &mut stream, &e).await,
             };
             idle = server.keepalive_timeout;
-            let keep_alive =
-                head.keep_alive() && !server.keepalive_timeout.is_zero() && !gateway.is_draining();
-            let client = Client::of(gateway, self.peer, &head);
-            let next = match edge::check(gateway, &head, &client) {
+            let keep_alive = head.keep_alive()
+                && !server.keepalive_timeout.is_zero()
+                && !gateway.streams.is_draining();
+            let client = gateway.admission.client(self.peer, &head);
+            let next = match edge::check(&gateway.admission, &head, &client) {
                 Err(refusal) => {
                     let (answer, keep) = refused(gateway, &head, &refusal, keep_alive);
                     self.answer(stream, &head, &answer, keep).await
@@ -248,7 +249,7 @@ impl Http1<'_> {
         keep_alive: bool,
     ) -> Option<Next> {
         let gateway = &self.app.gateway;
-        let cors = &gateway.config.cors;
+        let cors = &gateway.cors;
         let preflight = head.method == "OPTIONS";
         let answer = match target {
             Target::Events if preflight => edge::preflight(cors, head, "GET, OPTIONS"),
@@ -256,13 +257,15 @@ impl Http1<'_> {
             Target::Events => {
                 let cors = edge::cors_headers(cors, head);
                 let request = StreamRequest::new(head, client, cors.clone());
-                match sse::admit(gateway, &request).await {
+                match sse::admit(&gateway.streams, &request).await {
                     Ok(admitted) => {
                         let socket = self.socket.take();
                         match raw_tcp(stream) {
-                            Ok(tcp) => sse::spawn(gateway, tcp, admitted, self.peer, socket),
+                            Ok(tcp) => {
+                                sse::spawn(&gateway.streams, tcp, admitted, self.peer, socket)
+                            }
                             Err(stream) => {
-                                sse::spawn(gateway, stream, admitted, self.peer, socket);
+                                sse::spawn(&gateway.streams, stream, admitted, self.peer, socket);
                             }
                         }
                         return None;
@@ -291,13 +294,7 @@ impl Http1<'_> {
         answer: &Response,
         keep: bool,
     ) -> Next {
-        let timeout = self
-            .app
-            .gateway
-            .config
-            .sse
-            .write_timeout
-            .min(ANSWER_TIMEOUT);
+        let timeout = self.app.gateway.write_timeout.min(ANSWER_TIMEOUT);
         let connection = if keep {
             Connection::KeepAlive
         } else {
@@ -327,7 +324,7 @@ impl Http1<'_> {
         keep_alive: bool,
     ) -> Option<Next> {
         let gateway = &self.app.gateway;
-        let server = &gateway.config.server;
+        let server = &gateway.server;
         let checked = match head.check_for_proxy() {
             Err(e) => Err(e),
             Ok(()) if head.body == BodyLength::Chunked => {
@@ -360,7 +357,7 @@ impl Http1<'_> {
         // is ours, under our own timeout.
         session.set_keepalive(keep_alive.then(|| server.keepalive_timeout.as_secs().max(1)));
         session.set_read_timeout(Some(server.header_timeout));
-        session.set_write_timeout(Some(gateway.config.sse.write_timeout));
+        session.set_write_timeout(Some(gateway.write_timeout));
         session.set_total_drain_timeout(Some(server.header_timeout));
         let reused =
             HttpServerApp::process_new_http(&self.app.proxy, session, &self.shutdown).await?;
@@ -379,7 +376,7 @@ impl Http1<'_> {
         stream: &mut Stream,
         head_len: usize,
     ) -> Result<(), HeadError> {
-        let deadline = Instant::now() + self.app.gateway.config.server.header_timeout;
+        let deadline = Instant::now() + self.app.gateway.server.header_timeout;
         let mut scanner = ChunkScanner::default();
         loop {
             scanner
@@ -391,9 +388,7 @@ impl Http1<'_> {
             self.buf.reserve(1024);
             match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.buf)).await {
                 Err(_) => {
-                    return Err(HeadError::Timeout(
-                        self.app.gateway.config.server.header_timeout,
-                    ));
+                    return Err(HeadError::Timeout(self.app.gateway.server.header_timeout));
                 }
                 Ok(Ok(0)) => return Err(HeadError::Malformed("the body ended early".into())),
                 Ok(Ok(_)) => {}
@@ -419,9 +414,9 @@ fn refused(
     refusal: &Refusal,
     keep_alive: bool,
 ) -> (Response, bool) {
-    refusal.count(gateway);
+    refusal.count(&gateway.metrics);
     let keep = keep_alive && !head.has_body() && !refusal.closes();
-    let cors = edge::cors_headers(&gateway.config.cors, head);
+    let cors = edge::cors_headers(&gateway.cors, head);
     (
         Response::error(&refusal.error.clone().with_headers(cors)),
         keep,

@@ -215,12 +215,8 @@ impl Dechunker {
 }
 
 fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    // A hex digit is below 16: the cast cannot truncate.
+    char::from(b).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
