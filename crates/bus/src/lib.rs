@@ -17,6 +17,7 @@
 mod jetstream;
 mod nats;
 mod publish;
+mod wire;
 
 pub use async_nats::ServerAddr;
 pub use jetstream::{JetStreamConfig, JetStreamHistory};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::{Client, ConnectOptions, Event, Message, ServerAddr, Subscriber};
 use futures::StreamExt;
 use futures::stream::{AbortHandle, AbortRegistration, Abortable, BoxStream, SelectAll};
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use sse_hub::{Feed, Incoming, Ingested, Source, TopicName, Upstream};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -47,6 +47,8 @@ pub struct NatsBusConfig {
     pub client_name: String,
     /// Gauge set to 1 while connected, 0 otherwise.
     pub connected_gauge: IntGauge,
+    /// Counts the round trips made to confirm new core subscriptions (one per batch).
+    pub confirmations: IntCounter,
     /// Read topics from a JetStream stream instead of core subscriptions.
     pub jetstream: Option<JetStreamConfig>,
 }
@@ -160,12 +162,13 @@ impl Unattached {
 
 /// The hub's [`Upstream`] for core subscriptions: it records the hub's latest wish per
 /// topic (a topic closed and opened again before the read loop looked is simply wanted)
-/// and wakes the read loop, which subscribes and unsubscribes. Holds at most one entry
-/// per topic the hub knows.
+/// and, at the end of each burst, wakes the read loop, which subscribes and unsubscribes.
+/// Holds at most one entry per topic the hub knows.
 #[derive(Debug, Default)]
 pub(crate) struct Demand {
     wishes: Mutex<HashMap<TopicName, bool>>,
-    changed: Notify,
+    /// Notified when a burst of wishes is complete.
+    pub(crate) changed: Notify,
 }
 
 impl Demand {
@@ -174,11 +177,10 @@ impl Demand {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(topic.clone(), wanted);
-        self.changed.notify_one();
     }
 
     /// The wishes recorded since the last call.
-    fn take(&self) -> Vec<(TopicName, bool)> {
+    pub(crate) fn take(&self) -> Vec<(TopicName, bool)> {
         self.wishes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -194,6 +196,10 @@ impl Upstream for Demand {
 
     fn close(&self, topic: &TopicName) {
         self.wish(topic, false);
+    }
+
+    fn flush(&self) {
+        self.changed.notify_one();
     }
 }
 
@@ -250,7 +256,12 @@ impl NatsBus {
     /// Connects (in the background, retrying forever) and keeps one subscription per
     /// topic the hub wants until `shutdown` resolves; then drains the connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {
-        let client = self.connect().await?;
+        // Core subscriptions on plain `nats://` servers go over a connection of our own
+        // (crate::wire), which then tells the hub of the link's state; otherwise the
+        // client library's connection does.
+        let wire =
+            matches!(self.mode, Mode::Core(_)) && crate::wire::supports(&self.config.servers);
+        let client = self.connect(!wire).await?;
         self.client.send_replace(Some(client.clone()));
         let demand = match self.mode {
             Mode::JetStream(writer) => {
@@ -274,6 +285,24 @@ impl NatsBus {
             }
             Mode::Core(ref demand) => demand.clone(),
         };
+        tokio::pin!(shutdown);
+        if wire {
+            let wire = crate::wire::Wire {
+                servers: &self.config.servers,
+                prefix: &self.config.subject_prefix,
+                name: &self.config.client_name,
+                feed: &self.feed,
+                pending: &self.pending,
+                demand: &demand,
+                connected: &self.config.connected_gauge,
+                confirmations: &self.config.confirmations,
+            };
+            wire.run(shutdown.as_mut()).await;
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(1), client.drain()).await {
+                tracing::debug!(error = %e, "NATS drain did not finish");
+            }
+            return Ok(());
+        }
         let mut state = ReadLoop {
             bus: &self,
             client: &client,
@@ -283,11 +312,21 @@ impl NatsBus {
             // Bounded: a subscription in flight per topic at most.
             new_subs: mpsc::channel(1024),
         };
-        tokio::pin!(shutdown);
         loop {
             // Topics opened before the loop ran are among the first wishes taken.
+            let mut batch = Vec::new();
             for (topic, wanted) in demand.take() {
-                state.reconcile(topic, wanted);
+                state.reconcile(topic, wanted, &mut batch);
+            }
+            if !batch.is_empty() {
+                self.config.confirmations.inc();
+                tokio::spawn(subscribe(
+                    client.clone(),
+                    self.feed.clone(),
+                    self.config.subject_prefix.clone(),
+                    state.new_subs.0.clone(),
+                    batch,
+                ));
             }
             tokio::select! {
                 () = &mut shutdown => break,
@@ -310,7 +349,10 @@ impl NatsBus {
         }
         Ok(())
     }
-    async fn connect(&self) -> Result<Client, BusError> {
+    /// Connects the client library's connection (publishing, JetStream, and core
+    /// subscriptions when they cannot go over [`crate::wire`]). With `drives_hub` its
+    /// state is the hub's link state and the connected gauge.
+    async fn connect(&self, drives_hub: bool) -> Result<Client, BusError> {
         let feed = self.feed.clone();
         let gauge = self.config.connected_gauge.clone();
         let options = ConnectOptions::new()
@@ -325,7 +367,13 @@ impl NatsBus {
             .event_callback(move |event| {
                 let feed = feed.clone();
                 let gauge = gauge.clone();
-                async move { on_event(&feed, &gauge, event) }
+                async move {
+                    if drives_hub {
+                        on_event(&feed, &gauge, event);
+                    } else {
+                        tracing::debug!(%event, "NATS publishing connection");
+                    }
+                }
             });
         tracing::info!(servers = ?self.config.servers, "connecting to NATS");
         Ok(options.connect(self.config.servers.clone()).await?)
@@ -345,8 +393,9 @@ struct ReadLoop<'a> {
 }
 
 impl ReadLoop<'_> {
-    /// Brings `topic`'s subscription in line with the hub's wish.
-    fn reconcile(&mut self, topic: TopicName, wanted: bool) {
+    /// Brings `topic`'s subscription in line with the hub's wish; a new subscription
+    /// joins `batch` (subscribed and confirmed together).
+    fn reconcile(&mut self, topic: TopicName, wanted: bool, batch: &mut Vec<NewTopic>) {
         let feed = &self.bus.feed;
         match (wanted, self.topics.get(&topic)) {
             (true, Some(t)) => {
@@ -360,18 +409,12 @@ impl ReadLoop<'_> {
                 let generation = self.next_generation;
                 let (abort, registration) = AbortHandle::new_pair();
                 let confirmed = Arc::new(AtomicBool::new(false));
-                tokio::spawn(subscribe(
-                    self.client.clone(),
-                    feed.clone(),
-                    subject_for(&self.bus.config.subject_prefix, &topic),
-                    confirmed.clone(),
-                    self.new_subs.0.clone(),
-                    NewTopic {
-                        topic: topic.clone(),
-                        generation,
-                        registration,
-                    },
-                ));
+                batch.push(NewTopic {
+                    topic: topic.clone(),
+                    generation,
+                    registration,
+                    confirmed: confirmed.clone(),
+                });
                 self.topics.insert(
                     topic,
                     TopicState {
@@ -424,7 +467,16 @@ impl ReadLoop<'_> {
         {
             self.topics.remove(topic);
             tracing::warn!(%topic, "subscription ended by the client; re-subscribing");
-            self.reconcile(topic.clone(), true);
+            let mut batch = Vec::new();
+            self.reconcile(topic.clone(), true, &mut batch);
+            self.bus.config.confirmations.inc();
+            tokio::spawn(subscribe(
+                self.client.clone(),
+                self.bus.feed.clone(),
+                self.bus.config.subject_prefix.clone(),
+                self.new_subs.0.clone(),
+                batch,
+            ));
         }
     }
 }
@@ -434,6 +486,8 @@ struct NewTopic {
     topic: TopicName,
     generation: u64,
     registration: AbortRegistration,
+    /// Set once the server confirmed it.
+    confirmed: Arc<AtomicBool>,
 }
 
 fn on_event(hub: &Feed, gauge: &IntGauge, event: Event) {
@@ -459,51 +513,62 @@ fn on_event(hub: &Feed, gauge: &IntGauge, event: Event) {
     }
 }
 
-/// Subscribes `subject`, confirms it with the server and hands it to the read loop.
+/// Subscribes a batch of topics, confirms them all with one round trip and hands them to
+/// the read loop.
 async fn subscribe(
     client: Client,
     hub: Feed,
-    subject: String,
-    confirmed: Arc<AtomicBool>,
+    prefix: String,
     read_loop: mpsc::Sender<NewSubscription>,
-    new: NewTopic,
+    batch: Vec<NewTopic>,
 ) {
-    let NewTopic {
-        topic,
-        generation,
-        registration,
-    } = new;
-    let subscriber = match client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(%topic, %subject, error = %e, "cannot subscribe");
-            return;
+    let mut made = Vec::with_capacity(batch.len());
+    for new in batch {
+        let subject = subject_for(&prefix, &new.topic);
+        match client.subscribe(subject.clone()).await {
+            Ok(subscriber) => {
+                tracing::debug!(topic = %new.topic, %subject, "subscribed");
+                made.push((new, subscriber));
+            }
+            Err(e) => tracing::error!(topic = %new.topic, %subject, error = %e, "cannot subscribe"),
         }
-    };
-    tracing::debug!(%topic, %subject, "subscribed");
-    // The SUB on the wire (while disconnected this waits for the reconnect, which re-sends
-    // the SUB first), then a round trip after it: once answered, the server has processed
-    // the SUB and every message published from now on reaches us. Messages arriving
-    // meanwhile wait in the subscriber's channel.
+    }
+    // The SUBs on the wire (while disconnected this waits for the reconnect, which
+    // re-sends the SUBs first), then one round trip after them: once answered, the server
+    // has processed every SUB and every message published from now on reaches us.
+    // Messages arriving meanwhile wait in the subscribers' channels.
     match tokio::time::timeout(CONFIRM_TIMEOUT, client.flush()).await {
         Ok(Ok(())) => {
             if let Err(e) = server_caught_up(&client).await {
-                tracing::debug!(%topic, error = %e, "subscription not confirmed");
+                tracing::debug!(topics = made.len(), error = %e, "subscriptions not confirmed");
             }
         }
-        Ok(Err(e)) => tracing::debug!(%topic, error = %e, "subscription not confirmed"),
-        Err(_) => tracing::debug!(%topic, "subscription not confirmed in time"),
+        Ok(Err(e)) => {
+            tracing::debug!(topics = made.len(), error = %e, "subscriptions not confirmed")
+        }
+        Err(_) => tracing::debug!(topics = made.len(), "subscriptions not confirmed in time"),
     }
-    let new = NewSubscription {
-        topic: topic.clone(),
-        generation,
-        subscriber,
-        abort: registration,
-    };
-    if read_loop.send(new).await.is_ok() {
+    let mut ready = Vec::with_capacity(made.len());
+    for (new, subscriber) in made {
+        let NewTopic {
+            topic,
+            generation,
+            registration,
+            confirmed,
+        } = new;
+        let handed = NewSubscription {
+            topic: topic.clone(),
+            generation,
+            subscriber,
+            abort: registration,
+        };
+        if read_loop.send(handed).await.is_err() {
+            return;
+        }
         confirmed.store(true, Ordering::Release);
-        hub.upstream_ready(&topic);
+        ready.push(topic);
     }
+    hub.upstream_ready_many(&ready);
 }
 
 /// Waits until the server has processed everything `client` sent before this call. A
@@ -546,11 +611,24 @@ fn ingest(feed: &Feed, pending: &Pending, topic: &TopicName, message: Message) {
     let marker: Option<u64> = headers
         .and_then(|h| h.get(PUBLISH_HEADER))
         .and_then(|v| v.as_str().parse().ok());
+    ingest_parts(feed, pending, topic, message.payload, event_type, marker);
+}
+
+/// [`ingest`] for a message already taken apart: its payload, its [`EVENT_HEADER`]
+/// (empty: no type) and its [`PUBLISH_HEADER`] marker.
+pub(crate) fn ingest_parts(
+    feed: &Feed,
+    pending: &Pending,
+    topic: &TopicName,
+    payload: bytes::Bytes,
+    event_type: Option<String>,
+    marker: Option<u64>,
+) {
     let started = marker.and_then(|m| pending.started(m));
     let outcome = feed.ingest(
         topic,
         Incoming {
-            payload: message.payload,
+            payload,
             event_type,
             received: started.unwrap_or_else(Instant::now),
         },

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 use sse_bus::{NatsBus, NatsBusConfig};
 use sse_hub::{Epoch, Hub, HubConfig, HubMetrics, Subscription, TopicName};
 use sse_testkit::{NatsServer, eventually, publish};
@@ -16,6 +16,7 @@ struct Setup {
     nats: NatsServer,
     hub: Hub,
     gauge: IntGauge,
+    confirmations: IntCounter,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -32,11 +33,13 @@ impl Drop for Setup {
 async fn setup(linger: Duration) -> Setup {
     let nats = NatsServer::start().unwrap();
     let gauge = IntGauge::new("nats_connected", "test").unwrap();
+    let confirmations = IntCounter::new("confirmations", "test").unwrap();
     let (source, bus) = NatsBus::prepare(NatsBusConfig {
         servers: NatsBusConfig::parse_servers(&nats.url()).unwrap(),
         subject_prefix: "sse".into(),
         client_name: "sse-bus-test".into(),
         connected_gauge: gauge.clone(),
+        confirmations: confirmations.clone(),
         jetstream: None,
     });
     let (hub, feed) = Hub::new(
@@ -63,6 +66,7 @@ async fn setup(linger: Duration) -> Setup {
         nats,
         hub,
         gauge,
+        confirmations,
         stop: Some(stop),
         task,
     };
@@ -172,8 +176,8 @@ async fn one_subscription_per_topic_dropped_after_linger() {
     let a1 = subscribe(&s.hub, "a").await;
     let a2 = subscribe(&s.hub, "a").await;
     let b = subscribe(&s.hub, "b").await;
-    // The adapter's own request inbox (`_INBOX.…`, for its confirmation probe) is not a
-    // topic subscription.
+    // Only topic subscriptions count (a client library's request inbox, `_INBOX.…`,
+    // would not be one).
     let topic_subjects = || async {
         let subjects = s.nats.subscriptions().await?;
         let mut topics: Vec<String> = subjects
@@ -183,8 +187,8 @@ async fn one_subscription_per_topic_dropped_after_linger() {
         topics.sort();
         anyhow::Ok(topics)
     };
-    // Confirmed means the server has processed the SUB (a round trip after it, not only
-    // a flush): its monitoring lists both at once, no waiting.
+    // Confirmed means the server has processed the SUB (a PING answered after it, not
+    // only bytes written): its monitoring lists both at once, no waiting.
     assert_eq!(topic_subjects().await.unwrap(), ["sse.a", "sse.b"]);
     drop((a1, a2, b));
     let hub = s.hub.clone();
@@ -237,4 +241,38 @@ async fn a_nats_restart_is_announced_and_streaming_resumes() {
     assert_eq!(kinds[0], "gateway.reset", "{kinds:?}");
     assert_eq!(all[0].data, r#"{"reason":"upstream_gap"}"#);
     assert_eq!(kinds[1], "after", "{kinds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_new_topics_on_one_stream_cost_one_confirmation() {
+    let s = setup(Duration::from_secs(30)).await;
+    let before = s.confirmations.get();
+    let topics: Vec<TopicName> = (0..16).map(|i| topic(&format!("user.{i}"))).collect();
+    let mut sub = s.hub.subscribe(&topics, None).unwrap();
+    assert!(s.hub.wait_upstream(&sub, WAIT).await, "confirmed");
+    assert_eq!(
+        s.confirmations.get() - before,
+        1,
+        "one round trip for 16 topics"
+    );
+    // Published right after the confirmation, on every topic: all delivered.
+    let client = s.nats.client().await.unwrap();
+    for i in 0..16 {
+        publish(&client, &format!("sse.user.{i}"), format!("to {i}"), None)
+            .await
+            .unwrap();
+    }
+    let mut data: Vec<String> = frames(&mut sub, 16)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    data.sort();
+    let mut expected: Vec<String> = (0..16).map(|i| format!("to {i}")).collect();
+    expected.sort();
+    assert_eq!(data, expected);
+    // A second stream on topics already confirmed makes no round trip.
+    let again = s.hub.subscribe(&topics[..4], None).unwrap();
+    assert!(s.hub.wait_upstream(&again, WAIT).await);
+    assert_eq!(s.confirmations.get() - before, 1);
 }

@@ -220,6 +220,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 subject_prefix: config.nats.subject_prefix.clone(),
                 client_name: format!("sse-gateway {}", std::process::id()),
                 connected_gauge: metrics.nats_connected.clone(),
+                confirmations: metrics.upstream_confirmations.clone(),
                 jetstream: config.jetstream.clone(),
             });
             let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), source);

@@ -116,6 +116,9 @@ pub struct Metrics {
     connections_total: IntCounterVec,
     /// `sse_nats_connected`
     pub nats_connected: IntGauge,
+    /// `sse_upstream_confirmations_total`: round trips made to confirm new core
+    /// subscriptions (one per batch of topics).
+    pub upstream_confirmations: IntCounter,
     rejections: IntCounterVec,
     /// `sse_rate_limited_clients`: addresses whose token bucket is tracked.
     pub rate_limited_clients: IntGauge,
@@ -203,6 +206,10 @@ impl Metrics {
             delivery_latency: latency,
         };
         let nats_connected = gauge("sse_nats_connected", "1 while connected to NATS.")?;
+        let upstream_confirmations = counter(
+            "sse_upstream_confirmations_total",
+            "Round trips to NATS that confirmed new topic subscriptions (one per batch of topics).",
+        )?;
         let rejections = IntCounterVec::new(
             Opts::new(
                 "sse_admission_rejections_total",
@@ -227,6 +234,7 @@ impl Metrics {
             connections_active,
             connections_total,
             nats_connected,
+            upstream_confirmations,
             rejections,
             rate_limited_clients,
             clients_with_streams,

@@ -445,10 +445,13 @@ impl Hub {
                     for taken in &handles {
                         taken.release();
                     }
+                    self.flush_upstream();
                     return Err(e);
                 }
             }
         }
+        // All of the stream's new topics are confirmed together.
+        self.flush_upstream();
 
         // Every frame up to the watermark is in its ring; the positions below are
         // computed against it so that all topics of the stream agree.
@@ -540,7 +543,16 @@ impl Hub {
             meta.idle_since = None;
             return Ok(topic.clone());
         }
-        self.acquire(name)
+        let topic = self.acquire(name);
+        self.flush_upstream();
+        topic
+    }
+
+    /// Tells the upstream a burst of opens and closes is complete ([`crate::Upstream::flush`]).
+    fn flush_upstream(&self) {
+        if let Source::Core(upstream) = &self.inner.source {
+            upstream.flush();
+        }
     }
 
     /// Gets or creates `name` and takes one subscriber slot on it.
@@ -672,6 +684,7 @@ impl Hub {
             }
         }
         if !removed.is_empty() {
+            self.flush_upstream();
             self.retire(&removed);
         }
         removed.len()

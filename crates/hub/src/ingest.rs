@@ -255,8 +255,19 @@ impl Feed {
     /// Records that `topic`'s upstream subscription is in place: messages published from
     /// now on reach the hub.
     pub fn upstream_ready(&self, topic: &TopicName) {
-        if let Some(t) = self.hub.inner.topics.lock().by_name.get(topic) {
-            t.meta.lock().upstream_ready = true;
+        self.upstream_ready_many(std::slice::from_ref(topic));
+    }
+
+    /// [`Feed::upstream_ready`] for several topics at once (one confirmation round trip
+    /// covered them all): their waiting streams are woken once.
+    pub fn upstream_ready_many(&self, topics: &[TopicName]) {
+        {
+            let table = self.hub.inner.topics.lock();
+            for topic in topics {
+                if let Some(t) = table.by_name.get(topic) {
+                    t.meta.lock().upstream_ready = true;
+                }
+            }
         }
         self.hub.inner.readiness.send_modify(|v| *v += 1);
     }

@@ -6,7 +6,7 @@
 //! nor JetStream: only these calls.
 //!
 //! ```text
-//!   Hub ──open / close (topic)──────▶ Upstream (core subscriptions)
+//!   Hub ──open / close (topic), flush─▶ Upstream (core subscriptions)
 //!   Hub ──replay (request, sink)────▶ History  (a durable log)
 //!   Feed ◀──ingest, ingest_logged, upstream_ready, set_connected, start_log── bus
 //! ```
@@ -64,6 +64,12 @@ pub trait Upstream: Send + Sync {
     /// `topic` has had no stream for `topic_linger` and the hub let it go: unsubscribe.
     /// Messages for it that still arrive are ignored ([`crate::Ingested::NoSuchTopic`]).
     fn close(&self, topic: &TopicName);
+
+    /// Ends a burst of [`Upstream::open`] and [`Upstream::close`] calls: the topics of one
+    /// stream, of one publish, or of one linger sweep. An implementation may hold the
+    /// calls until then and act on them together (one confirmation for all of a stream's
+    /// new topics). Called without the topic table locked.
+    fn flush(&self) {}
 }
 
 /// Replays what the rings no longer hold, from a durable log.
