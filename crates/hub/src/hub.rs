@@ -1,6 +1,7 @@
 //! The hub: topics, ingest, subscribe/resume, upstream demand and linger.
 
-use std::collections::HashMap;
+use std::cmp::Ordering as By;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
@@ -131,6 +132,21 @@ pub struct FrameTooLarge {
     pub max: usize,
 }
 
+/// A snapshot of one active topic ([`Hub::topic_info`]).
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// Streams (and publishes in flight) holding it.
+    pub subscribers: usize,
+    /// Frames in its ring.
+    pub ring_frames: usize,
+    /// Encoded bytes in its ring.
+    pub ring_bytes: u64,
+    /// Frame slots its ring has allocated (0 until its first event; shrinks back after
+    /// evictions).
+    pub ring_slots: usize,
+}
+
 /// A message from upstream, before validation.
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -205,6 +221,9 @@ pub(crate) struct Inner {
     pub epoch: RwLock<Epoch>,
     pub metrics: HubMetrics,
     pub topics: Mutex<Topics>,
+    /// Topics without streams, by when their linger ends (one entry per topic at most):
+    /// the sweeper looks only at what is due, not at every topic.
+    pub idle: Mutex<BinaryHeap<Due>>,
     /// Held while a sequence is assigned and its frame pushed, so frames enter the
     /// rings in sequence order; it also guards the rings' byte budget. Nothing slow
     /// happens under it: frames are encoded before, and evicted frames freed after.
@@ -253,6 +272,37 @@ impl Topics {
     }
 }
 
+/// A topic whose linger ends at `at` unless it is taken again meanwhile.
+#[derive(Debug)]
+pub(crate) struct Due {
+    at: Instant,
+    topic: Arc<Topic>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == By::Equal
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<By> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    /// The earliest first out of a (max-)heap.
+    fn cmp(&self, other: &Self) -> By {
+        other
+            .at
+            .cmp(&self.at)
+            .then_with(|| other.topic.id.cmp(&self.topic.id))
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct IngestState {
     pub seq: u64,
@@ -285,6 +335,18 @@ pub(crate) struct TopicMeta {
     pub subscribers: usize,
     pub idle_since: Option<Instant>,
     pub upstream_ready: bool,
+    /// The topic has an entry in the hub's idle queue.
+    pub queued: bool,
+}
+
+impl TopicMeta {
+    /// Without streams for at least `linger` at `now`.
+    fn expired(&self, now: Instant, linger: Duration) -> bool {
+        self.subscribers == 0
+            && self
+                .idle_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= linger)
+    }
 }
 
 impl Topic {
@@ -308,17 +370,32 @@ impl Topic {
                 subscribers: 0,
                 idle_since: None,
                 upstream_ready: false,
+                queued: false,
             }),
         }
     }
 
-    /// Releases one subscriber slot (called when a subscription ends).
-    pub(crate) fn release(&self) {
-        let mut meta = self.meta.lock();
-        meta.subscribers = meta.subscribers.saturating_sub(1);
-        if meta.subscribers == 0 {
-            meta.idle_since = Some(Instant::now());
-        }
+    /// Releases one subscriber slot (called when a subscription ends); the last one
+    /// starts the topic's linger.
+    pub(crate) fn release(self: &Arc<Self>, hub: &Inner) {
+        let since = {
+            let mut meta = self.meta.lock();
+            meta.subscribers = meta.subscribers.saturating_sub(1);
+            if meta.subscribers > 0 {
+                return;
+            }
+            let now = Instant::now();
+            meta.idle_since = Some(now);
+            // Already queued: the sweeper finds the new idle time when that entry is due.
+            if std::mem::replace(&mut meta.queued, true) {
+                return;
+            }
+            now
+        };
+        hub.idle.lock().push(Due {
+            at: since + hub.config.topic_linger,
+            topic: self.clone(),
+        });
     }
 }
 
@@ -369,6 +446,7 @@ impl Hub {
                 epoch: RwLock::new(epoch),
                 metrics,
                 topics: Mutex::new(Topics::default()),
+                idle: Mutex::new(BinaryHeap::new()),
                 ingest: Mutex::new(IngestState {
                     seq: 0,
                     ids,
@@ -417,6 +495,19 @@ impl Hub {
             .map_or(0, |t| t.meta.lock().subscribers)
     }
 
+    /// What `topic` holds now, when it is active.
+    pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
+        let topic = self.inner.topics.lock().by_name.get(topic)?.clone();
+        let subscribers = topic.meta.lock().subscribers;
+        let ring = topic.ring.read();
+        Some(TopicInfo {
+            subscribers,
+            ring_frames: ring.len(),
+            ring_bytes: ring.held_bytes(),
+            ring_slots: ring.slots(),
+        })
+    }
+
     // ----- subscribing -------------------------------------------------------------
 
     /// Registers a stream for `topics`, resuming after `last_event_id` when given.
@@ -443,7 +534,7 @@ impl Hub {
                 Ok(topic) => handles.push(topic),
                 Err(e) => {
                     for taken in &handles {
-                        taken.release();
+                        taken.release(inner);
                     }
                     self.flush_upstream();
                     return Err(e);
@@ -655,26 +746,72 @@ impl Hub {
     // ----- linger and shutdown -----------------------------------------------------
 
     /// Drops topics that have had no subscriber for `topic_linger`. Returns how many.
+    ///
+    /// Looks only at the idle queue's entries that are due (a topic taken again since
+    /// its entry was made is skipped, one idle again is queued for its new time), so a
+    /// sweep costs what expires, not what is active.
     pub fn sweep(&self, now: Instant) -> usize {
         let inner = &self.inner;
         let linger = inner.config.topic_linger;
-        let mut removed: Vec<Arc<Topic>> = Vec::new();
+        let mut due: Vec<Arc<Topic>> = Vec::new();
+        let mut later: Vec<Due> = Vec::new();
+        {
+            let mut idle = inner.idle.lock();
+            while idle.peek().is_some_and(|d| d.at <= now) {
+                let Some(Due { topic, .. }) = idle.pop() else {
+                    break;
+                };
+                let mut meta = topic.meta.lock();
+                if meta.expired(now, linger) {
+                    drop(meta);
+                    due.push(topic);
+                } else if let (0, Some(since)) = (meta.subscribers, meta.idle_since) {
+                    drop(meta);
+                    later.push(Due {
+                        at: since + linger,
+                        topic,
+                    });
+                } else {
+                    meta.queued = false;
+                }
+            }
+            idle.extend(later.drain(..));
+        }
+        if due.is_empty() {
+            return 0;
+        }
+        let mut removed: Vec<Arc<Topic>> = Vec::with_capacity(due.len());
         {
             let mut topics = inner.topics.lock();
-            topics.by_name.retain(|_, topic| {
-                let meta = topic.meta.lock();
-                let expired = meta.subscribers == 0
-                    && meta
-                        .idle_since
-                        .is_some_and(|since| now.duration_since(since) >= linger);
-                if expired {
-                    removed.push(topic.clone());
+            for topic in due {
+                // Taken (and maybe left) again between the two locks?
+                let mut meta = topic.meta.lock();
+                if meta.expired(now, linger) {
+                    meta.queued = false;
+                    drop(meta);
+                    if topics.by_name.get(&topic.name).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+                        topics.by_name.remove(&topic.name);
+                        removed.push(topic);
+                    }
+                } else if let (0, Some(since)) = (meta.subscribers, meta.idle_since) {
+                    drop(meta);
+                    later.push(Due {
+                        at: since + linger,
+                        topic,
+                    });
+                } else {
+                    meta.queued = false;
                 }
-                !expired
-            });
-            topics
-                .wildcards
-                .retain(|t| !removed.iter().any(|r| Arc::ptr_eq(r, t)));
+            }
+            if removed.iter().any(|t| t.name.is_wildcard()) {
+                topics
+                    .wildcards
+                    .retain(|t| !removed.iter().any(|r| Arc::ptr_eq(r, t)));
+            }
+            if topics.by_name.capacity() > 64 && topics.by_name.len() < topics.by_name.capacity() / 4 {
+                let len = topics.by_name.len();
+                topics.by_name.shrink_to(len * 2);
+            }
             inner.metrics.topics_active.set(topics.by_name.len() as i64);
             if let Source::Core(upstream) = &inner.source {
                 for topic in &removed {
@@ -682,6 +819,9 @@ impl Hub {
                     upstream.close(&topic.name);
                 }
             }
+        }
+        if !later.is_empty() {
+            inner.idle.lock().extend(later);
         }
         if !removed.is_empty() {
             self.flush_upstream();

@@ -297,6 +297,7 @@ impl Feed {
     pub fn hold(&self, topic: &TopicName) -> Result<Held, SubscribeError> {
         Ok(Held {
             topic: self.hub.acquire_for_publish(topic)?,
+            hub: self.hub.clone(),
         })
     }
 
@@ -411,11 +412,12 @@ impl Feed {
 #[derive(Debug)]
 pub struct Held {
     topic: Arc<Topic>,
+    hub: Hub,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.topic.release();
+        self.topic.release(&self.hub.inner);
     }
 }
 

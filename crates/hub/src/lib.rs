@@ -112,7 +112,7 @@ mod tests;
 pub use histogram::{HistogramError, Local, MAX_BUCKETS, ShardedHistogram};
 pub use hub::{
     Feed, FrameTooLarge, Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason,
-    SubscribeError,
+    SubscribeError, TopicInfo,
 };
 pub use id::{Epoch, EpochError, IdFormatter, ParsedId, parse_id};
 pub use ingest::Held;

@@ -15,6 +15,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+/// Slots a ring keeps when shrinking.
+const MIN_SLOTS: usize = 8;
+
 /// One encoded frame.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -78,6 +81,11 @@ impl Ring {
     pub fn push(&mut self, entry: Entry) {
         debug_assert!(self.entries.back().is_none_or(|h| h.entry.seq < entry.seq));
         self.head_bytes += entry.frame.len() as u64;
+        if self.entries.len() >= self.capacity {
+            // Full to its frame cap: one slot more (the caller evicts the oldest right
+            // after), not the doubling a growing ring gets.
+            self.entries.reserve_exact(1);
+        }
         self.entries.push_back(Held {
             entry,
             end: self.head_bytes,
@@ -96,7 +104,18 @@ impl Ring {
         self.start_pos += 1;
         self.start_bytes = held.end;
         self.complete_after = held.entry.seq;
+        self.shrink();
         Some(held.entry)
+    }
+
+    /// Gives memory back once the ring holds under a quarter of the slots it grew to
+    /// (the byte budgets evicted it down): rings allocate on their first frame, grow
+    /// with use and shrink back, so a quiet topic costs no slots.
+    fn shrink(&mut self) {
+        let len = self.entries.len();
+        if self.entries.capacity() > MIN_SLOTS && len < self.entries.capacity() / 4 {
+            self.entries.shrink_to((len * 2).max(MIN_SLOTS));
+        }
     }
 
     /// Forgets every frame (the log the ring mirrors was replaced); the topic's history
@@ -105,7 +124,13 @@ impl Ring {
         self.start_pos = self.head_pos();
         self.start_bytes = self.head_bytes;
         self.complete_after = complete_after;
-        self.entries.drain(..).map(|h| h.entry)
+        let entries = std::mem::take(&mut self.entries);
+        entries.into_iter().map(|h| h.entry)
+    }
+
+    /// Slots allocated for entries (0 until the first frame).
+    pub fn slots(&self) -> usize {
+        self.entries.capacity()
     }
 
     /// Sequence of the oldest frame held.
@@ -179,7 +204,6 @@ impl Ring {
     }
 
     /// Number of frames held.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -281,6 +305,31 @@ mod tests {
         assert_eq!(ring.len(), 1);
         // Resuming from before an evicted frame is impossible.
         assert_eq!(ring.replay_floor(100), 3);
+    }
+
+    #[test]
+    fn a_ring_allocates_on_its_first_frame_grows_and_shrinks_back() {
+        let mut ring = Ring::new(1024, 1000 * 16, 0);
+        assert_eq!(ring.slots(), 0, "nothing allocated before the first frame");
+        for seq in 1..=600 {
+            push(&mut ring, sized(seq, 16));
+        }
+        let grown = ring.slots();
+        assert!(grown >= 600, "{grown}");
+        // A byte budget that now holds 3 frames: the ring evicts down and gives the
+        // slots back.
+        ring.max_bytes = 48;
+        push(&mut ring, sized(601, 16));
+        assert_eq!(ring.len(), 3);
+        assert!(ring.slots() <= 16, "{} slots for 3 frames", ring.slots());
+        // Positions and resume points survive the shrink.
+        assert_eq!(ring.start_pos(), 598);
+        assert_eq!(ring.get(598).map(|e| e.seq), Some(599));
+        assert_eq!(ring.first_pos_after(600), 600);
+        assert_eq!(ring.replay_floor(1024), 598);
+        let cleared: Vec<u64> = ring.clear(601).map(|e| e.seq).collect();
+        assert_eq!(cleared, [599, 600, 601]);
+        assert_eq!(ring.slots(), 0, "a cleared ring holds no slots");
     }
 
     #[test]

@@ -449,7 +449,7 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         for c in &self.cursors {
-            c.topic.release();
+            c.topic.release(&self.hub.inner);
         }
     }
 }

@@ -388,3 +388,62 @@ fn a_full_topic_refuses_and_releases_what_it_took() {
     drop(_one);
     assert!(hub.subscribe(&[a, b], None).is_ok());
 }
+
+#[test]
+fn a_topic_holds_no_ring_slots_until_its_first_event() {
+    let (hub, feed) = hub_with(1024, 256);
+    let t = topic("user.1");
+    let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
+    let info = hub.topic_info("user.1").unwrap();
+    assert_eq!((info.ring_frames, info.ring_bytes, info.ring_slots), (0, 0, 0));
+    feed.ingest(&t, msg("first"));
+    let info = hub.topic_info("user.1").unwrap();
+    assert_eq!(info.ring_frames, 1);
+    assert!(info.ring_slots >= 1 && info.ring_slots < 64, "{info:?}");
+    assert_eq!(datas(&drain_events(&mut sub)), ["first"]);
+}
+
+#[test]
+fn linger_drops_ten_thousand_idle_topics_on_time_and_keeps_the_taken_ones() {
+    let ((hub, _feed), wishes) = super::core_hub(HubConfig {
+        topic_linger: std::time::Duration::from_secs(30),
+        ..HubConfig::default()
+    });
+    let names: Vec<_> = (0..10_000).map(|i| topic(&format!("user.{i}"))).collect();
+    for chunk in names.chunks(16) {
+        drop(hub.subscribe(chunk, None).unwrap());
+    }
+    assert_eq!(wishes.take().len(), 10_000);
+    // Taken again: stays. Left again later: lingers from then.
+    let kept = hub.subscribe(&names[..1], None).unwrap();
+    let start = Instant::now();
+    let linger = hub.config().topic_linger;
+    assert_eq!(hub.sweep(start), 0, "all linger");
+    assert_eq!(hub.sweep(start + linger), 9_999, "dropped on time");
+    assert_eq!(hub.metrics().topics_active.get(), 1);
+    assert_eq!(wishes.take().len(), 9_999, "each unsubscribed");
+    drop(kept);
+    let left = Instant::now();
+    assert_eq!(hub.sweep(left + linger / 2), 0);
+    assert_eq!(hub.sweep(left + linger), 1);
+    assert_eq!(hub.topic_count(), 0);
+}
+
+#[test]
+fn a_topic_left_taken_and_left_again_lingers_from_the_last_leave() {
+    let ((hub, _feed), _wishes) = super::core_hub(HubConfig::default());
+    let t = topic("a");
+    let linger = hub.config().topic_linger;
+    drop(hub.subscribe(std::slice::from_ref(&t), None).unwrap());
+    // Two distinct moments for the two leaves (not a synchronisation).
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let before_second = Instant::now();
+    // Taken and left again: its queue entry (due a linger after the first leave) is
+    // stale when it comes up.
+    drop(hub.subscribe(std::slice::from_ref(&t), None).unwrap());
+    let nearly = before_second + linger - std::time::Duration::from_millis(1);
+    assert_eq!(hub.sweep(nearly), 0);
+    assert_eq!(hub.topic_count(), 1, "requeued, not dropped early");
+    assert_eq!(hub.sweep(Instant::now() + linger), 1);
+    assert_eq!(hub.topic_count(), 0);
+}
