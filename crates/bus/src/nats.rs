@@ -49,6 +49,10 @@ pub struct NatsBusConfig {
     pub connected_gauge: IntGauge,
     /// Counts the round trips made to confirm new core subscriptions (one per batch).
     pub confirmations: IntCounter,
+    /// Topic families (wildcard patterns, none overlapping) held by one subscription
+    /// each from connect on; the hub's topics of a family get no subscription of their
+    /// own. Core subscriptions on plain `nats://` servers only.
+    pub aggregate: Vec<TopicName>,
     /// Read topics from a JetStream stream instead of core subscriptions.
     pub jetstream: Option<JetStreamConfig>,
 }
@@ -261,6 +265,12 @@ impl NatsBus {
         // client library's connection does.
         let wire =
             matches!(self.mode, Mode::Core(_)) && crate::wire::supports(&self.config.servers);
+        if !wire && matches!(self.mode, Mode::Core(_)) && !self.config.aggregate.is_empty() {
+            tracing::warn!(
+                families = ?self.config.aggregate,
+                "sse.aggregate needs plain nats:// servers; every topic gets its own subscription"
+            );
+        }
         let client = self.connect(!wire).await?;
         self.client.send_replace(Some(client.clone()));
         let demand = match self.mode {
@@ -290,6 +300,7 @@ impl NatsBus {
             let wire = crate::wire::Wire {
                 servers: &self.config.servers,
                 prefix: &self.config.subject_prefix,
+                families: &self.config.aggregate,
                 name: &self.config.client_name,
                 feed: &self.feed,
                 pending: &self.pending,
@@ -611,7 +622,14 @@ fn ingest(feed: &Feed, pending: &Pending, topic: &TopicName, message: Message) {
     let marker: Option<u64> = headers
         .and_then(|h| h.get(PUBLISH_HEADER))
         .and_then(|v| v.as_str().parse().ok());
-    ingest_parts(feed, pending, topic, message.payload, event_type, marker);
+    ingest_parts(
+        feed,
+        pending,
+        topic.as_str(),
+        message.payload,
+        event_type,
+        marker,
+    );
 }
 
 /// [`ingest`] for a message already taken apart: its payload, its [`EVENT_HEADER`]
@@ -619,13 +637,13 @@ fn ingest(feed: &Feed, pending: &Pending, topic: &TopicName, message: Message) {
 pub(crate) fn ingest_parts(
     feed: &Feed,
     pending: &Pending,
-    topic: &TopicName,
+    topic: &str,
     payload: bytes::Bytes,
     event_type: Option<String>,
     marker: Option<u64>,
 ) {
     let started = marker.and_then(|m| pending.started(m));
-    let outcome = feed.ingest(
+    let outcome = feed.ingest_named(
         topic,
         Incoming {
             payload,

@@ -31,6 +31,11 @@ impl Drop for Setup {
 }
 
 async fn setup(linger: Duration) -> Setup {
+    setup_with(linger, &[]).await
+}
+
+/// [`setup`] with topic families aggregated (`sse.aggregate`).
+async fn setup_with(linger: Duration, families: &[&str]) -> Setup {
     let nats = NatsServer::start().unwrap();
     let gauge = IntGauge::new("nats_connected", "test").unwrap();
     let confirmations = IntCounter::new("confirmations", "test").unwrap();
@@ -40,6 +45,10 @@ async fn setup(linger: Duration) -> Setup {
         client_name: "sse-bus-test".into(),
         connected_gauge: gauge.clone(),
         confirmations: confirmations.clone(),
+        aggregate: families
+            .iter()
+            .map(|f| TopicName::parse(f, true).unwrap())
+            .collect(),
         jetstream: None,
     });
     let (hub, feed) = Hub::new(
@@ -275,4 +284,61 @@ async fn sixteen_new_topics_on_one_stream_cost_one_confirmation() {
     let again = s.hub.subscribe(&topics[..4], None).unwrap();
     assert!(s.hub.wait_upstream(&again, WAIT).await);
     assert_eq!(s.confirmations.get() - before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aggregated_family_is_one_subscription_demultiplexed_by_subject() {
+    let s = setup_with(Duration::from_secs(30), &["user.*"]).await;
+    let subjects = || async {
+        let mut subjects: Vec<String> = s
+            .nats
+            .subscriptions()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.starts_with("sse."))
+            .collect();
+        subjects.sort();
+        subjects
+    };
+    let mut one = subscribe(&s.hub, "user.1").await;
+    let mut two = s
+        .hub
+        .subscribe(&[topic("user.2"), topic("orders.1")], None)
+        .unwrap();
+    assert!(s.hub.wait_upstream(&two, WAIT).await);
+    // One subscription for the family, one for the topic outside it; none per user.
+    assert_eq!(subjects().await, ["sse.orders.1", "sse.user.*"]);
+    let client = s.nats.client().await.unwrap();
+    for (subject, data) in [
+        ("sse.user.3", "nobody here"),
+        ("sse.user.1", "to one"),
+        ("sse.user.2", "to two"),
+        ("sse.user.2.deeper", "not the family"),
+        ("sse.orders.1", "order"),
+    ] {
+        publish(&client, subject, data, None).await.unwrap();
+    }
+    // A marker last on each stream: nothing else arrived before it.
+    publish(&client, "sse.user.1", "end", None).await.unwrap();
+    publish(&client, "sse.user.2", "end", None).await.unwrap();
+    let data = |events: Vec<sse_testkit::Event>| -> Vec<String> {
+        events.into_iter().map(|e| e.data).collect()
+    };
+    assert_eq!(data(frames(&mut one, 2).await), ["to one", "end"]);
+    let mut got = data(frames(&mut two, 3).await);
+    got.sort();
+    assert_eq!(got, ["end", "order", "to two"]);
+    // Topics of the family leave without touching the family's subscription.
+    drop(one);
+    drop(two);
+    assert_eq!(s.hub.sweep(tokio::time::Instant::now() + Duration::from_secs(30)), 3);
+    eventually(WAIT, "orders.1 unsubscribed", || async {
+        let now = subjects().await;
+        (now == ["sse.user.*"])
+            .then_some(())
+            .ok_or_else(|| anyhow::anyhow!("{now:?}"))
+    })
+    .await
+    .unwrap();
 }

@@ -221,6 +221,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 client_name: format!("sse-gateway {}", std::process::id()),
                 connected_gauge: metrics.nats_connected.clone(),
                 confirmations: metrics.upstream_confirmations.clone(),
+                aggregate: config.sse.aggregate.clone(),
                 jetstream: config.jetstream.clone(),
             });
             let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), source);

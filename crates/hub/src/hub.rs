@@ -789,7 +789,11 @@ impl Hub {
                 if meta.expired(now, linger) {
                     meta.queued = false;
                     drop(meta);
-                    if topics.by_name.get(&topic.name).is_some_and(|t| Arc::ptr_eq(t, &topic)) {
+                    if topics
+                        .by_name
+                        .get(&topic.name)
+                        .is_some_and(|t| Arc::ptr_eq(t, &topic))
+                    {
                         topics.by_name.remove(&topic.name);
                         removed.push(topic);
                     }
@@ -808,7 +812,9 @@ impl Hub {
                     .wildcards
                     .retain(|t| !removed.iter().any(|r| Arc::ptr_eq(r, t)));
             }
-            if topics.by_name.capacity() > 64 && topics.by_name.len() < topics.by_name.capacity() / 4 {
+            if topics.by_name.capacity() > 64
+                && topics.by_name.len() < topics.by_name.capacity() / 4
+            {
                 let len = topics.by_name.len();
                 topics.by_name.shrink_to(len * 2);
             }

@@ -175,6 +175,12 @@ impl Feed {
     /// Validates, encodes once and stores an upstream message for `topic`, then wakes
     /// the topic's readers.
     pub fn ingest(&self, topic: &TopicName, msg: Incoming) -> Ingested {
+        self.ingest_named(topic.as_str(), msg)
+    }
+
+    /// [`Feed::ingest`] by the topic's name as text (a message of a topic family, named
+    /// by its subject): a name no active topic has is [`Ingested::NoSuchTopic`].
+    pub fn ingest_named(&self, topic: &str, msg: Incoming) -> Ingested {
         let inner = &self.hub.inner;
         inner.metrics.upstream_messages.inc();
         let data = match self.hub.validate(&msg) {

@@ -313,7 +313,14 @@ async fn open(shared: Arc<Shared>, local: usize, topic: usize) -> Opened {
     let src = SocketAddrV4::new(shared.cfg.source_for(local), 0);
     socket.bind(SocketAddr::V4(src))?;
     let mut stream = socket.connect(shared.server).await?;
-    stream.write_all(&shared.requests[topic]).await?;
+    if shared.cfg.sub_path.contains("{client}") {
+        // A path of its own per connection (fresh per-user topics).
+        let client = (shared.cfg.client_offset + local).to_string();
+        let request = String::from_utf8_lossy(&shared.requests[topic]).replace("{client}", &client);
+        stream.write_all(request.as_bytes()).await?;
+    } else {
+        stream.write_all(&shared.requests[topic]).await?;
+    }
     let mut buf = Vec::with_capacity(4096);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {

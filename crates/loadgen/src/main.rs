@@ -54,7 +54,9 @@ struct RunArgs {
     /// Server base URL (loopback only): http://127.0.0.x:PORT[/prefix].
     #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// Subscriber path template; `{topic}` is replaced (Nchan: '/sub/{topic}').
+    /// Subscriber path template; `{topic}` is replaced (Nchan: '/sub/{topic}'), and
+    /// `{client}` by the connection's index (topics of its own per connection, e.g.
+    /// '/events?topic=user.{client}.0&topic=user.{client}.1').
     #[arg(long, value_name = "TEMPLATE", default_value = "/events/{topic}")]
     sub_path: String,
     /// SSE connections to open.

@@ -12,6 +12,11 @@
 //! place and whatever is published from then on reaches us. A stream opening 16 new
 //! topics (or a burst of streams opening many) waits one round trip, not sixteen.
 //!
+//! Topic families (`sse.aggregate`, e.g. `user.*`) are held by one wildcard subscription
+//! each, made with the connection and kept: a topic of a family costs the bus nothing,
+//! is ready as soon as its family is, and its messages are told apart by subject (those
+//! of topics nobody here holds are dropped by the hub at a hash lookup).
+//!
 //! Only plain `nats://` servers are spoken to this way; with `tls://` or WebSocket URLs
 //! the bus keeps one client-library subscription per topic ([`crate::nats`]).
 
@@ -53,6 +58,7 @@ pub(crate) fn supports(servers: &[ServerAddr]) -> bool {
 pub(crate) struct Wire<'a> {
     pub servers: &'a [ServerAddr],
     pub prefix: &'a str,
+    pub families: &'a [TopicName],
     pub name: &'a str,
     pub feed: &'a Feed,
     pub pending: &'a Pending,
@@ -76,6 +82,22 @@ struct Subs {
     by_topic: HashMap<TopicName, Sub>,
     by_sid: HashMap<u64, TopicName>,
     next_sid: u64,
+    /// Per family of [`Wire::families`] (its sid is its index + 1, below every topic's):
+    /// confirmed on this connection, and the topics waiting for that.
+    families: Vec<FamilyState>,
+}
+
+#[derive(Debug, Default)]
+struct FamilyState {
+    confirmed: bool,
+    waiting: Vec<TopicName>,
+}
+
+/// What a `PONG` confirms.
+#[derive(Debug)]
+enum Confirm {
+    Topic(TopicName),
+    Family(usize),
 }
 
 /// Why a connection ended.
@@ -89,7 +111,7 @@ struct Session {
     /// Bytes to send.
     out: Vec<u8>,
     /// Per `PING` sent and not answered yet, in order: the topics its `PONG` confirms.
-    awaiting: VecDeque<Vec<TopicName>>,
+    awaiting: VecDeque<Vec<Confirm>>,
     /// `PONG`s received so far, and their count at the last keep-alive check.
     pongs: u64,
     pongs_at_check: u64,
@@ -99,7 +121,16 @@ impl Wire<'_> {
     /// Keeps the hub's subscriptions on a connection, remaking it forever, until
     /// `shutdown` resolves.
     pub async fn run(&self, mut shutdown: Pin<&mut impl Future<Output = ()>>) {
-        let mut subs = Subs::default();
+        let mut subs = Subs {
+            // Families take sids 1 ..= n; topics the ones after.
+            next_sid: self.families.len() as u64,
+            families: self
+                .families
+                .iter()
+                .map(|_| FamilyState::default())
+                .collect(),
+            ..Subs::default()
+        };
         let mut attempt: usize = 0;
         let mut was_up = false;
         loop {
@@ -162,12 +193,21 @@ impl Wire<'_> {
             pongs: 0,
             pongs_at_check: 0,
         };
-        // Everything wanted goes out again, confirmed by one round trip.
-        let mut again: Vec<TopicName> = Vec::with_capacity(subs.by_topic.len());
+        // The families, and everything wanted, go out again, confirmed by one round trip.
+        let mut again: Vec<Confirm> = Vec::with_capacity(self.families.len() + subs.by_topic.len());
+        for (i, family) in self.families.iter().enumerate() {
+            subs.families[i].confirmed = false;
+            proto::sub(
+                &mut session.out,
+                &subject_for(self.prefix, family),
+                i as u64 + 1,
+            );
+            again.push(Confirm::Family(i));
+        }
         for (topic, sub) in &mut subs.by_topic {
             sub.confirmed = false;
             proto::sub(&mut session.out, &subject_for(self.prefix, topic), sub.sid);
-            again.push(topic.clone());
+            again.push(Confirm::Topic(topic.clone()));
         }
         session.confirm(again, self.confirmations);
         let mut keepalive =
@@ -253,9 +293,21 @@ impl Wire<'_> {
         if wishes.is_empty() {
             return;
         }
-        let mut new: Vec<TopicName> = Vec::new();
+        let mut new: Vec<Confirm> = Vec::new();
         let mut ready: Vec<TopicName> = Vec::new();
         for (topic, wanted) in wishes {
+            if let Some(i) = self.family_of(&topic) {
+                // Its family's subscription serves it; nothing to drop when it goes.
+                if wanted {
+                    let family = &mut subs.families[i];
+                    if family.confirmed {
+                        ready.push(topic);
+                    } else {
+                        family.waiting.push(topic);
+                    }
+                }
+                continue;
+            }
             match (wanted, subs.by_topic.get(&topic)) {
                 // The hub dropped and re-made the topic while its subscription stayed.
                 (true, Some(sub)) => {
@@ -275,7 +327,7 @@ impl Wire<'_> {
                             confirmed: false,
                         },
                     );
-                    new.push(topic);
+                    new.push(Confirm::Topic(topic));
                 }
                 (false, Some(_)) => {
                     if let Some(sub) = subs.by_topic.remove(&topic) {
@@ -316,12 +368,22 @@ impl Wire<'_> {
                 ServerOp::Ping => session.out.extend_from_slice(proto::PONG),
                 ServerOp::Pong => {
                     session.pongs += 1;
-                    let topics = session.awaiting.pop_front().unwrap_or_default();
-                    let mut confirmed = Vec::with_capacity(topics.len());
-                    for topic in topics {
-                        if let Some(sub) = subs.by_topic.get_mut(&topic) {
-                            sub.confirmed = true;
-                            confirmed.push(topic);
+                    let confirms = session.awaiting.pop_front().unwrap_or_default();
+                    let mut confirmed = Vec::with_capacity(confirms.len());
+                    for confirm in confirms {
+                        match confirm {
+                            Confirm::Topic(topic) => {
+                                if let Some(sub) = subs.by_topic.get_mut(&topic) {
+                                    sub.confirmed = true;
+                                    confirmed.push(topic);
+                                }
+                            }
+                            Confirm::Family(i) => {
+                                if let Some(family) = subs.families.get_mut(i) {
+                                    family.confirmed = true;
+                                    confirmed.append(&mut family.waiting);
+                                }
+                            }
                         }
                     }
                     if !confirmed.is_empty() {
@@ -336,21 +398,48 @@ impl Wire<'_> {
         }
     }
 
-    /// Hands a message to the hub under the topic of its subscription.
+    /// The family `topic` belongs to (wildcard topics never belong to one: they keep a
+    /// subscription of their own).
+    fn family_of(&self, topic: &TopicName) -> Option<usize> {
+        if topic.is_wildcard() {
+            return None;
+        }
+        self.families.iter().position(|f| f.matches(topic.as_str()))
+    }
+
+    /// Hands a message to the hub under the topic of its subscription, or, for a
+    /// family's, under the topic its subject names.
     fn deliver(&self, subs: &Subs, msg: Msg) {
-        // A message for a subscription just dropped: the hub let the topic go.
-        let Some(topic) = subs.by_sid.get(&msg.sid) else {
-            return;
-        };
         let event_type = msg
             .header(EVENT_HEADER)
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
         let marker = msg.header(PUBLISH_HEADER).and_then(|v| v.parse().ok());
+        if msg.sid <= self.families.len() as u64 {
+            let topic = std::str::from_utf8(&msg.subject)
+                .ok()
+                .and_then(|s| s.strip_prefix(self.prefix))
+                .and_then(|s| s.strip_prefix('.'));
+            if let Some(topic) = topic {
+                ingest_parts(
+                    self.feed,
+                    self.pending,
+                    topic,
+                    msg.payload,
+                    event_type,
+                    marker,
+                );
+            }
+            return;
+        }
+        // A message for a subscription just dropped: the hub let the topic go.
+        let Some(topic) = subs.by_sid.get(&msg.sid) else {
+            return;
+        };
         ingest_parts(
             self.feed,
             self.pending,
-            topic,
+            topic.as_str(),
             msg.payload,
             event_type,
             marker,
@@ -360,7 +449,7 @@ impl Wire<'_> {
 
 impl Session {
     /// Sends a `PING` whose `PONG` confirms `topics` (none: nothing to confirm).
-    fn confirm(&mut self, topics: Vec<TopicName>, counter: &IntCounter) {
+    fn confirm(&mut self, topics: Vec<Confirm>, counter: &IntCounter) {
         if topics.is_empty() {
             return;
         }

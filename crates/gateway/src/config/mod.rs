@@ -322,6 +322,12 @@ mod tests {
             ("[nats]\nsubject_prefix = \"a..b\"\n", "nats.subject_prefix"),
             ("[sse]\nclient_buffer = 0\n", "sse.client_buffer"),
             ("[sse]\nheartbeat = \"0s\"\n", "sse.heartbeat"),
+            ("[sse]\naggregate = [\"user.1\"]\n", "sse.aggregate"),
+            ("[sse]\naggregate = [\"user..*\"]\n", "sse.aggregate"),
+            (
+                "[sse]\naggregate = [\"user.*\", \"user.>\"]\n",
+                "sse.aggregate",
+            ),
             (
                 "[sse]\nmax_topics_per_connection = 0\n",
                 "sse.max_topics_per_connection",
@@ -342,6 +348,15 @@ mod tests {
             let e = check(text).unwrap_err();
             assert!(e.starts_with(key), "{text:?} gave {e:?}");
         }
+    }
+
+    #[test]
+    fn aggregate_families_are_patterns_that_do_not_overlap() {
+        let c = check("[sse]\naggregate = [\"user.*\", \"doc.>\"]\n").unwrap();
+        let families: Vec<&str> = c.sse.aggregate.iter().map(|f| f.as_str()).collect();
+        assert_eq!(families, ["user.*", "doc.>"]);
+        let e = check("[sse]\naggregate = [\"doc.>\", \"*.1\"]\n").unwrap_err();
+        assert!(e.contains("overlaps doc.>"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
+use sse_hub::TopicName;
 
 use super::{ConfigError, in_range, invalid, positive};
 
@@ -34,6 +35,8 @@ pub struct RawSse {
     pub topic_linger: Duration,
     /// Accept `*` and `>` in topics.
     pub allow_wildcards: bool,
+    /// Topic families held upstream by one wildcard subscription each.
+    pub aggregate: Vec<String>,
 }
 
 impl Default for RawSse {
@@ -49,6 +52,7 @@ impl Default for RawSse {
             max_topics_per_connection: 16,
             topic_linger: Duration::from_secs(30),
             allow_wildcards: false,
+            aggregate: Vec::new(),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct SseSettings {
     pub topic_linger: Duration,
     /// Wildcards accepted.
     pub allow_wildcards: bool,
+    /// Topic families held upstream by one wildcard subscription each (none overlap).
+    pub aggregate: Vec<TopicName>,
 }
 
 /// Largest `replay_window` / `client_buffer` accepted (frames per topic / per client).
@@ -88,6 +94,30 @@ pub(super) const MAX_BUDGET_BYTES: u64 = 1 << 40;
 /// [`MAX_BUDGET_BYTES`] as a `usize` (smaller on 32-bit targets).
 fn budget_max() -> usize {
     usize::try_from(MAX_BUDGET_BYTES).unwrap_or(usize::MAX)
+}
+
+/// `sse.aggregate`: wildcard patterns, no two of which a topic could both match (its
+/// messages would arrive twice).
+fn families(patterns: &[String]) -> Result<Vec<TopicName>, ConfigError> {
+    let mut families: Vec<TopicName> = Vec::with_capacity(patterns.len());
+    for text in patterns {
+        let family = TopicName::parse(text, true)
+            .map_err(|e| invalid("sse.aggregate", format!("{text:?}: {e}")))?;
+        if !family.is_wildcard() {
+            return Err(invalid(
+                "sse.aggregate",
+                format!("{text:?} has no wildcard: a family is a pattern such as \"user.*\""),
+            ));
+        }
+        if let Some(other) = families.iter().find(|f| f.overlaps(&family)) {
+            return Err(invalid(
+                "sse.aggregate",
+                format!("{text:?} overlaps {other}: a topic of both would arrive twice"),
+            ));
+        }
+        families.push(family);
+    }
+    Ok(families)
 }
 
 /// `[sse]`, validated.
@@ -118,6 +148,7 @@ pub(super) fn validate(sse: RawSse) -> Result<SseSettings, ConfigError> {
         )?,
         topic_linger: sse.topic_linger,
         allow_wildcards: sse.allow_wildcards,
+        aggregate: families(&sse.aggregate)?,
     };
     if u64::try_from(sse.retry.as_millis()).is_err() {
         return Err(invalid("sse.retry", "is too long"));

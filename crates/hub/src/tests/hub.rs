@@ -395,7 +395,10 @@ fn a_topic_holds_no_ring_slots_until_its_first_event() {
     let t = topic("user.1");
     let mut sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
     let info = hub.topic_info("user.1").unwrap();
-    assert_eq!((info.ring_frames, info.ring_bytes, info.ring_slots), (0, 0, 0));
+    assert_eq!(
+        (info.ring_frames, info.ring_bytes, info.ring_slots),
+        (0, 0, 0)
+    );
     feed.ingest(&t, msg("first"));
     let info = hub.topic_info("user.1").unwrap();
     assert_eq!(info.ring_frames, 1);
