@@ -12,15 +12,6 @@ use crate::support::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// A normal client opens a stream on `topic`, a message is published through the
-/// publish API, and the client gets it.
-async fn a_normal_client_still_streams(gw: &Gateway, topic: &str) {
-    let mut s = open(gw, &format!("/events/{topic}")).await;
-    let r = post_text(gw, &format!("/publish/{topic}"), b"still here").await;
-    assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(s.next_event(WAIT).await.unwrap().data, "still here");
-}
-
 /// Resident and peak resident memory of a process, in bytes, from `/proc`.
 fn memory(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

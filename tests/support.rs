@@ -132,3 +132,12 @@ pub async fn post_text(gw: &Gateway, path: &str, body: &[u8]) -> http::Response 
     .await
     .unwrap()
 }
+
+/// A normal client opens a stream on `topic`, a message is published through the
+/// publish API, and the client gets it.
+pub async fn a_normal_client_still_streams(gw: &Gateway, topic: &str) {
+    let mut s = open(gw, &format!("/events/{topic}")).await;
+    let r = post_text(gw, &format!("/publish/{topic}"), b"still here").await;
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(s.next_event(WAIT).await.unwrap().data, "still here");
+}

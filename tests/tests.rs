@@ -21,3 +21,4 @@ mod resume;
 mod routes;
 mod slow;
 mod subscribe;
+mod topics;

@@ -332,7 +332,11 @@ async fn an_aggregated_family_is_one_subscription_demultiplexed_by_subject() {
     // Topics of the family leave without touching the family's subscription.
     drop(one);
     drop(two);
-    assert_eq!(s.hub.sweep(tokio::time::Instant::now() + Duration::from_secs(30)), 3);
+    assert_eq!(
+        s.hub
+            .sweep(tokio::time::Instant::now() + Duration::from_secs(30)),
+        3
+    );
     eventually(WAIT, "orders.1 unsubscribed", || async {
         let now = subjects().await;
         (now == ["sse.user.*"])

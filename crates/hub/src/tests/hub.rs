@@ -450,3 +450,15 @@ fn a_topic_left_taken_and_left_again_lingers_from_the_last_leave() {
     assert_eq!(hub.sweep(Instant::now() + linger), 1);
     assert_eq!(hub.topic_count(), 0);
 }
+
+/// What an idle topic's hub entry is made of (docs/architecture.md, memory per topic,
+/// itemises it): kept small on purpose.
+#[test]
+fn an_idle_topic_entry_stays_small() {
+    use std::mem::size_of;
+    let topic = size_of::<crate::hub::Topic>();
+    let ring = size_of::<crate::ring::Ring>();
+    let notify = size_of::<tokio::sync::Notify>();
+    println!("Topic {topic} B (Ring {ring} B), Notify {notify} B");
+    assert!(topic <= 320, "Topic is {topic} bytes");
+}
