@@ -75,6 +75,14 @@ fn fan_out(c: &mut Criterion) {
     group.bench_function("validate + encode + push", |b| {
         b.iter(|| feed.ingest(&t, message()))
     });
+    // What an instance pays for a family message of a topic nobody here holds
+    // (`sse.aggregate`), with 99,000 topics active.
+    let _held: Vec<_> = (0..99_000)
+        .map(|i| hub.subscribe(&[topic(&format!("user.{i}"))], None).unwrap())
+        .collect();
+    group.bench_function("a family message for a topic not held here", |b| {
+        b.iter(|| black_box(feed.ingest_named("user.not-here", message())))
+    });
     group.finish();
 }
 

@@ -18,6 +18,7 @@ max_connections = 1000000
 max_connections_per_ip = 1000000
 connect_rate_per_ip = 100000000
 connect_burst_per_ip = 100000000
+max_sockets_per_ip = 1000000
 ${1:-}"
 }
 
@@ -63,10 +64,11 @@ gateway_run() {
   tail -n 22 "$WORK/last.txt" >&2
 }
 
-# nchan_run <label> <loadgen args…>: the server name is $SERVER (default nchan).
+# nchan_run <label> <loadgen args…>: the server name is $SERVER (default nchan), the
+# subscriber path $NCHAN_SUB_PATH (default /sub/{topic}).
 nchan_run() {
   local label=$1; shift
-  timeout "$RUN_TIMEOUT" "$LOADGEN" run --url "$NCHAN_URL" --sub-path '/sub/{topic}' \
+  timeout "$RUN_TIMEOUT" "$LOADGEN" run --url "$NCHAN_URL" --sub-path "${NCHAN_SUB_PATH:-/sub/{topic\}}" \
     --publish-http "$NCHAN_URL/pub/{topic}" --server-pid "$NCHAN_PID" "$@" 2>"$WORK/last.txt" \
     | tagged "${SERVER:-nchan}" "$label" | tee -a "$RESULTS/results.jsonl" || true
   tail -n 22 "$WORK/last.txt" >&2

@@ -9,7 +9,8 @@
 #   agg-14      fresh-14 with [sse] aggregate = ["user.>"]
 # A topic costs (RSS of fresh-k − RSS of shared) ÷ (k × streams). Nchan, same generator:
 # one channel per stream (/sub/user.<i>) against one shared channel.
-# GATEWAY_BEFORE=<binary> adds the runs against an older build.
+# GATEWAY_BEFORE=<binary> adds the runs against an older build; RUNS picks the parts
+# (default "gateway before nchan"; results accumulate, the table shows the latest run).
 source "$(dirname "$0")/common.sh"
 export RESULTS="$RESULTS/topics"; mkdir -p "$RESULTS"
 CLIENTS=${CLIENTS:-18000}
@@ -23,6 +24,7 @@ max_connections = 1000000
 max_connections_per_ip = 1000000
 connect_rate_per_ip = 100000000
 connect_burst_per_ip = 100000000
+max_sockets_per_ip = 1000000
 max_topics = 1000000"
 gateway_topics() { # label binary extra-toml
   local label=$1 bin=$2 extra=${3:-}
@@ -34,25 +36,29 @@ $extra"
       fresh-1) path='/events/user.{client}' ;;
       fresh-14) path=$(fresh_path 14) ;;
     esac
-    gateway_run "$label-$run" --mode idle --clients "$CLIENTS" --procs 2 --hold 3s --sub-path "$path"
+    gateway_run "$label-$run" --mode idle --clients "$CLIENTS" --topics 1 --procs 2 --hold 3s --sub-path "$path"
     stop_gateway
   done
 }
+RUNS=${RUNS:-gateway before nchan}
+has() { [[ " $RUNS " == *" $1 "* ]]; }
 start_nats
+if has gateway; then
 gateway_topics topics "$GATEWAY"
 GATEWAY=$GATEWAY launch_gateway "$TOPIC_LIMITS
 [sse]
 aggregate = [\"user.>\"]"
-gateway_run "topics-agg-14" --mode idle --clients "$CLIENTS" --procs 2 --hold 3s --sub-path "$(fresh_path 14)"
+gateway_run "topics-agg-14" --mode idle --clients "$CLIENTS" --topics 1 --procs 2 --hold 3s --sub-path "$(fresh_path 14)"
 stop_gateway
-if [ -n "${GATEWAY_BEFORE:-}" ]; then
+fi
+if has before && [ -n "${GATEWAY_BEFORE:-}" ]; then
   SERVER=sse-gateway-before gateway_topics topics "$GATEWAY_BEFORE"
 fi
-if command -v nginx >/dev/null; then
+if has nchan && command -v nginx >/dev/null; then
   start_nchan
-  SERVER=nchan nchan_run "topics-shared" --mode idle --clients "$CLIENTS" --procs 2 --hold 3s --sub-path '/sub/user.all'
+  NCHAN_SUB_PATH='/sub/user.all' SERVER=nchan nchan_run "topics-shared" --mode idle --clients "$CLIENTS" --topics 1 --procs 2 --hold 3s
   fresh_nchan
-  SERVER=nchan nchan_run "topics-fresh-1" --mode idle --clients "$CLIENTS" --procs 2 --hold 3s --sub-path '/sub/user.{client}'
+  NCHAN_SUB_PATH='/sub/user.{client}' SERVER=nchan nchan_run "topics-fresh-1" --mode idle --clients "$CLIENTS" --topics 1 --procs 2 --hold 3s
   stop_nchan
 fi
 python3 - "$RESULTS/results.jsonl" <<'PY'
@@ -70,6 +76,6 @@ for (server, label), d in runs.items():
     per_topic = ""
     if k and base and d.get("ok"):
         per_topic = f"{(rss(d) - rss(base)) / (k * d['ok']):8.0f}"
-    print(f"{server:22} {run:16} {d.get('ok', 0):6} {d.get('setup_rate_per_s', 0):9.0f} "
+    print(f"{server:22} {run:16} {d.get('clients_ok') or 0:6} {d.get('setup_rate_per_s', 0):9.0f} "
           f"{d.get('server_rss_per_conn_bytes') or 0:9.0f} {per_topic:>8}")
 PY
