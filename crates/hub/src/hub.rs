@@ -388,9 +388,15 @@ impl Topic {
             meta.idle_since = Some(now);
             // Already queued: the sweeper finds the new idle time when that entry is due.
             if std::mem::replace(&mut meta.queued, true) {
-                return;
+                None
+            } else {
+                Some(now)
             }
-            now
+        };
+        // Idle: the ring keeps its frames (for resumes) but gives back spare slots.
+        self.ring.write().shrink_to_fit();
+        let Some(since) = since else {
+            return;
         };
         hub.idle.lock().push(Due {
             at: since + hub.config.topic_linger,

@@ -128,6 +128,11 @@ impl Ring {
         entries.into_iter().map(|h| h.entry)
     }
 
+    /// Gives back every slot beyond the frames held (the topic went idle).
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
     /// Slots allocated for entries (0 until the first frame).
     pub fn slots(&self) -> usize {
         self.entries.capacity()

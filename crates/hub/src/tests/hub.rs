@@ -404,6 +404,17 @@ fn a_topic_holds_no_ring_slots_until_its_first_event() {
     assert_eq!(info.ring_frames, 1);
     assert!(info.ring_slots >= 1 && info.ring_slots < 64, "{info:?}");
     assert_eq!(datas(&drain_events(&mut sub)), ["first"]);
+    for i in 0..20 {
+        feed.ingest(&t, msg(&i.to_string()));
+    }
+    assert!(
+        hub.topic_info("user.1").unwrap().ring_slots > 21,
+        "grown by doubling"
+    );
+    // Idle: the frames stay for resumes, the spare slots go.
+    drop(sub);
+    let info = hub.topic_info("user.1").unwrap();
+    assert_eq!((info.ring_frames, info.ring_slots), (21, 21), "{info:?}");
 }
 
 #[test]
