@@ -9,12 +9,13 @@ out = sys.argv[2]
 os.makedirs(out, exist_ok=True)
 
 def series(prefix, key_fn):
-    pts = []
+    # The latest run of each point (results accumulate across sessions).
+    latest = {}
     for r in rows:
         label = r.get("label", "")
         if label.startswith(prefix) and not label.endswith("-idle"):
-            pts.append((key_fn(label), r))
-    return sorted(pts)
+            latest[label] = r
+    return sorted(((key_fn(label), r) for label, r in latest.items()), key=lambda p: p[0])
 
 def data_file(points):
     f = tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False)

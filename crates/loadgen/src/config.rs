@@ -85,6 +85,8 @@ pub struct Config {
     pub client_offset: usize,
     /// Topics.
     pub topics: usize,
+    /// Topics per connection (one stream with several `topic=`).
+    pub topics_per_client: usize,
     /// Topic names are `<topic_prefix>.<i>`.
     pub topic_prefix: String,
     /// Connections opened per second, `None` = as fast as `connect_concurrency` allows.
@@ -140,6 +142,21 @@ impl Config {
         )
     }
 
+    /// The topics of global connection `client`, first to last.
+    pub fn topics_of(&self, client: usize) -> impl Iterator<Item = usize> + '_ {
+        let k = self.topics_per_client;
+        (0..k).map(move |j| (client * k + j) % self.topics)
+    }
+
+    /// The request path of global connection `client` when it reads several topics.
+    pub fn multi_path_for(&self, client: usize) -> String {
+        let query: Vec<String> = self
+            .topics_of(client)
+            .map(|t| format!("topic={}", self.topic_name(t)))
+            .collect();
+        format!("{}/events?{}", self.base_path, query.join("&"))
+    }
+
     /// Source address of this process's `local`-th connection.
     pub fn source_for(&self, local: usize) -> Ipv4Addr {
         let n = usize::from(self.source_addrs.max(1));
@@ -152,6 +169,10 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(self.clients > 0, "--clients must be > 0");
         ensure!(self.topics > 0, "--topics must be > 0");
+        ensure!(
+            (1..=self.topics).contains(&self.topics_per_client),
+            "--topics-per-client must be between 1 and --topics"
+        );
         ensure!(
             self.connect_concurrency > 0,
             "--connect-concurrency must be > 0"

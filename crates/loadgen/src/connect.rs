@@ -291,12 +291,15 @@ async fn launch(shared: Arc<Shared>, readers: Vec<Handle>) {
         };
         let task = ConnTask {
             shared: Arc::clone(&shared),
-            topic: (shared.cfg.client_offset + local) % shared.cfg.topics,
+            topic: (shared.cfg.client_offset + local) * shared.cfg.topics_per_client
+                % shared.cfg.topics,
+            local,
             state: TaskState::Connecting,
             conn: Conn {
                 base: 0,
                 last: 0,
                 d: Delivery::default(),
+                multi: None,
             },
         };
         let handle = readers[local % readers.len()].spawn(connection(task, local, permit));
@@ -313,7 +316,15 @@ async fn open(shared: Arc<Shared>, local: usize, topic: usize) -> Opened {
     let src = SocketAddrV4::new(shared.cfg.source_for(local), 0);
     socket.bind(SocketAddr::V4(src))?;
     let mut stream = socket.connect(shared.server).await?;
-    if shared.cfg.sub_path.contains("{client}") {
+    if shared.cfg.topics_per_client > 1 {
+        let client = shared.cfg.client_offset + local;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
+            shared.cfg.multi_path_for(client),
+            shared.cfg.host
+        );
+        stream.write_all(request.as_bytes()).await?;
+    } else if shared.cfg.sub_path.contains("{client}") {
         // A path of its own per connection (fresh per-user topics).
         let client = (shared.cfg.client_offset + local).to_string();
         let request = String::from_utf8_lossy(&shared.requests[topic]).replace("{client}", &client);
@@ -348,6 +359,19 @@ struct Conn {
     /// Highest `seq` seen (starts at `base`).
     last: u64,
     d: Delivery,
+    /// With several topics per connection: `base` and `last` per topic.
+    multi: Option<Box<Multi>>,
+}
+
+/// The topics of a connection that reads several (`--topics-per-client`); a payload's
+/// sequence then carries its topic (`topic << 32 | seq`, [`crate::publish::wire_seq`]).
+#[derive(Debug)]
+struct Multi {
+    /// Topic index of the first; the others follow it (mod `topics`).
+    first: usize,
+    topics: usize,
+    /// `(base, last)` per topic, in order.
+    marks: Box<[(u64, u64)]>,
 }
 
 /// Where a connection task is.
@@ -387,7 +411,10 @@ impl Ending {
 /// task ended by itself or was aborted by [`Readers::stop`].
 struct ConnTask {
     shared: Arc<Shared>,
+    /// Its (first) topic.
     topic: usize,
+    /// Its index in this process.
+    local: usize,
     state: TaskState,
     conn: Conn,
 }
@@ -400,8 +427,17 @@ impl Drop for ConnTask {
             TaskState::Failed => {}
             TaskState::Open | TaskState::Ended(_) => {
                 let c = &mut self.conn;
-                let end = s.published[self.topic].load(Ordering::Relaxed);
-                c.d.expected = end.saturating_sub(c.base);
+                c.d.expected = match &c.multi {
+                    None => s.published[self.topic]
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(c.base),
+                    Some(m) => (0..m.marks.len())
+                        .map(|j| {
+                            let end = s.published[(m.first + j) % m.topics].load(Ordering::Relaxed);
+                            end.saturating_sub(m.marks[j].0)
+                        })
+                        .sum(),
+                };
                 c.d.lost = c.d.expected.saturating_sub(c.d.delivered);
                 let mut o = s.outcomes.lock();
                 o.delivery.add(&c.d);
@@ -426,15 +462,27 @@ impl EventSink for Sink<'_> {
     #[inline]
     fn event(&mut self, seq: u64, sent_ns: u64) {
         let c = &mut *self.conn;
-        if seq <= c.base {
+        let (seq, base, last) = match &mut c.multi {
+            None => (seq, c.base, &mut c.last),
+            Some(m) => {
+                let topic = usize::try_from(seq >> 32).unwrap_or(usize::MAX);
+                let j = (topic % m.topics + m.topics - m.first) % m.topics;
+                let Some((base, last)) = m.marks.get_mut(j) else {
+                    c.d.other_events += 1;
+                    return;
+                };
+                (seq & 0xffff_ffff, *base, last)
+            }
+        };
+        if seq <= base {
             c.d.stale_events += 1;
             return;
         }
-        if seq > c.last {
+        if seq > *last {
             c.d.delivered += 1;
-            c.d.gaps += seq - c.last - 1;
-            c.last = seq;
-        } else if seq == c.last {
+            c.d.gaps += seq - *last - 1;
+            *last = seq;
+        } else if seq == *last {
             c.d.duplicates += 1;
         } else {
             c.d.out_of_order += 1;
@@ -573,6 +621,22 @@ impl ConnTask {
         let base = shared.published[self.topic].load(Ordering::Relaxed);
         self.conn.base = base;
         self.conn.last = base;
+        if shared.cfg.topics_per_client > 1 {
+            let client = shared.cfg.client_offset + self.local;
+            let marks = shared
+                .cfg
+                .topics_of(client)
+                .map(|t| {
+                    let base = shared.published[t].load(Ordering::Relaxed);
+                    (base, base)
+                })
+                .collect();
+            self.conn.multi = Some(Box::new(Multi {
+                first: self.topic,
+                topics: shared.cfg.topics,
+                marks,
+            }));
+        }
         if shared.publishing.load(Ordering::Relaxed) {
             shared.late.fetch_add(1, Ordering::Relaxed);
         }
@@ -615,7 +679,7 @@ mod tests {
         let cfg: Config = serde_json::from_str(
             r#"{"mode":"Idle","server":"127.0.0.1:1","host":"h","base_path":"",
             "sub_path":"/e/{topic}","clients":1,"local_clients":0,"client_offset":0,
-            "topics":1,"topic_prefix":"l","ramp_rate":null,"connect_concurrency":1,
+            "topics":1,"topics_per_client":1,"topic_prefix":"l","ramp_rate":null,"connect_concurrency":1,
             "connect_timeout":{"secs":1,"nanos":0},"source_first":1,"source_addrs":1,
             "duration":{"secs":1,"nanos":0},"rate":1.0,"publisher":null,"payload_bytes":0,
             "tick":{"secs":0,"nanos":1000000},"drain":{"secs":1,"nanos":0},
@@ -631,11 +695,13 @@ mod tests {
         let task = ConnTask {
             shared: Arc::clone(&readers.shared),
             topic: 0,
+            local: 0,
             state: TaskState::Failed,
             conn: Conn {
                 base: 0,
                 last: 0,
                 d: Delivery::default(),
+                multi: None,
             },
         };
         // its drop counts a task down: count it in

@@ -65,6 +65,10 @@ struct RunArgs {
     /// Topics; connection i subscribes to topic i mod K.
     #[arg(long, value_name = "K", default_value_t = 10)]
     topics: usize,
+    /// Topics per connection: connection c subscribes to topics c·N … c·N+N−1 (mod
+    /// --topics) on one stream (`/events?topic=…&topic=…`, the gateway's form).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    topics_per_client: usize,
     /// Topic names are <prefix>.<i>.
     #[arg(long, value_name = "PREFIX", default_value = "load")]
     topic_prefix: String,
@@ -185,6 +189,7 @@ impl RunArgs {
             local_clients: self.clients,
             client_offset: 0,
             topics: self.topics,
+            topics_per_client: self.topics_per_client,
             topic_prefix: self.topic_prefix,
             ramp_rate: self.ramp_rate,
             connect_concurrency: self.connect_concurrency,

@@ -200,6 +200,7 @@ mod tests {
             local_clients: clients,
             client_offset: 0,
             topics: 7,
+            topics_per_client: 1,
             topic_prefix: "load".into(),
             ramp_rate: Some(1000.0),
             connect_concurrency: 256,
@@ -220,6 +221,27 @@ mod tests {
             latency_sample: 1,
             server_pid: Some(1),
         }
+    }
+
+    #[test]
+    fn several_topics_per_client_follow_on_and_wrap() {
+        let mut c = cfg(10, 1, 8);
+        c.topics_per_client = 3;
+        let topics: Vec<usize> = c.topics_of(2).collect();
+        assert_eq!(topics, [6, 0, 1], "client 2 of 7 topics, 3 each");
+        assert_eq!(
+            c.multi_path_for(0),
+            "/events?topic=load.0&topic=load.1&topic=load.2"
+        );
+        // A payload's sequence carries its topic; a reader takes both back.
+        let seq = crate::publish::wire_seq(true, 6, 41);
+        assert_eq!((seq >> 32, seq & 0xffff_ffff), (6, 41));
+        assert_eq!(crate::publish::wire_seq(false, 6, 41), 41);
+        c.topics_per_client = 8;
+        assert!(
+            c.validate().is_err(),
+            "more per client than there are topics"
+        );
     }
 
     #[test]

@@ -54,6 +54,18 @@ struct Plan {
     tick: Duration,
     topics: usize,
     payload_bytes: usize,
+    /// Several topics per connection: a payload's sequence carries its topic.
+    tag_topic: bool,
+}
+
+/// The sequence a payload carries: with several topics per connection
+/// (`--topics-per-client`), `topic << 32 | seq`, so that a reader tells its topics apart.
+pub fn wire_seq(tag_topic: bool, topic: usize, seq: u64) -> u64 {
+    if tag_topic {
+        ((topic as u64) << 32) | (seq & 0xffff_ffff)
+    } else {
+        seq
+    }
 }
 
 /// A publisher thread, connected and waiting for [`PublisherThread::run`].
@@ -77,6 +89,7 @@ impl PublisherThread {
             tick: cfg.tick,
             topics: cfg.topics,
             payload_bytes: cfg.payload_bytes,
+            tag_topic: cfg.topics_per_client > 1,
         };
         let names: Vec<String> = (0..cfg.topics).map(|t| cfg.topic_name(t)).collect();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<anyhow::Result<()>>();
@@ -157,7 +170,8 @@ async fn pace(sink: &mut Sink, plan: &Plan, published: &Counters) -> PublishSumm
         while sent < due {
             seqs[topic] += 1;
             published[topic].fetch_add(1, Ordering::Relaxed);
-            sink.send(topic, seqs[topic]).await;
+            sink.send(topic, wire_seq(plan.tag_topic, topic, seqs[topic]))
+                .await;
             sent += 1;
             topic += 1;
             if topic == plan.topics {
@@ -573,6 +587,7 @@ mod tests {
             tick: Duration::from_millis(1),
             topics,
             payload_bytes: 0,
+            tag_topic: false,
         };
         let counters = new_counters(topics);
         let mut sink = Sink::Record(Vec::new());
