@@ -121,8 +121,10 @@ pub fn subject_for(prefix: &str, topic: &TopicName) -> String {
 /// # }
 /// ```
 ///
-/// All core subscriptions are read by ONE loop, round robin in wake-up order, so messages
-/// of different topics reach the hub close to the order the server sent them (NATS
+/// Core subscriptions go over a connection of the bus's own on plain `nats://` servers.
+/// Otherwise (a `tls://` or WebSocket URL) they are the client library's, and all of
+/// them are read by ONE loop, round robin in wake-up order, so messages of different
+/// topics reach the hub close to the order the server sent them (NATS
 /// itself keeps order per subject; the per-subscription channels of the client lose the
 /// order across subjects, which this loop mostly restores).
 #[derive(Debug)]

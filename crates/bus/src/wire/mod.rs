@@ -33,6 +33,7 @@ use prometheus::{IntCounter, IntGauge};
 use sse_hub::{Feed, TopicName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::nats::{Demand, EVENT_HEADER, PUBLISH_HEADER, ingest_parts, subject_for};
 use crate::publish::Pending;
@@ -110,11 +111,9 @@ enum End {
 struct Session {
     /// Bytes to send.
     out: Vec<u8>,
-    /// Per `PING` sent and not answered yet, in order: the topics its `PONG` confirms.
-    awaiting: VecDeque<Vec<Confirm>>,
-    /// `PONG`s received so far, and their count at the last keep-alive check.
-    pongs: u64,
-    pongs_at_check: u64,
+    /// Per `PING` sent and not answered yet, in order: when it was sent and what its
+    /// `PONG` confirms.
+    awaiting: VecDeque<(Instant, Vec<Confirm>)>,
 }
 
 impl Wire<'_> {
@@ -190,8 +189,6 @@ impl Wire<'_> {
         let mut session = Session {
             out: Vec::new(),
             awaiting: VecDeque::new(),
-            pongs: 0,
-            pongs_at_check: 0,
         };
         // The families, and everything wanted, go out again, confirmed by one round trip.
         let mut again: Vec<Confirm> = Vec::with_capacity(self.families.len() + subs.by_topic.len());
@@ -235,12 +232,15 @@ impl Wire<'_> {
                 },
                 () = self.demand.changed.notified() => {}
                 _ = keepalive.tick() => {
-                    if !session.awaiting.is_empty() && session.pongs == session.pongs_at_check {
+                    // The oldest PING unanswered for a whole interval: the server or the
+                    // path to it is gone.
+                    if let Some((sent, _)) = session.awaiting.front()
+                        && sent.elapsed() >= PING_INTERVAL
+                    {
                         return End::Lost(format!("no PONG for {PING_INTERVAL:?}"));
                     }
-                    session.pongs_at_check = session.pongs;
                     session.out.extend_from_slice(proto::PING);
-                    session.awaiting.push_back(Vec::new());
+                    session.awaiting.push_back((Instant::now(), Vec::new()));
                 }
             }
         }
@@ -367,8 +367,11 @@ impl Wire<'_> {
                 ServerOp::Msg(msg) => self.deliver(subs, msg),
                 ServerOp::Ping => session.out.extend_from_slice(proto::PONG),
                 ServerOp::Pong => {
-                    session.pongs += 1;
-                    let confirms = session.awaiting.pop_front().unwrap_or_default();
+                    let confirms = session
+                        .awaiting
+                        .pop_front()
+                        .map(|(_, confirms)| confirms)
+                        .unwrap_or_default();
                     let mut confirmed = Vec::with_capacity(confirms.len());
                     for confirm in confirms {
                         match confirm {
@@ -454,7 +457,7 @@ impl Session {
             return;
         }
         self.out.extend_from_slice(proto::PING);
-        self.awaiting.push_back(topics);
+        self.awaiting.push_back((Instant::now(), topics));
         counter.inc();
     }
 }
