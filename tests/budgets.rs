@@ -281,11 +281,21 @@ async fn the_latency_count_grows_by_exactly_the_deliveries() {
         s.events(EVENTS, WAIT).await.unwrap();
     }
     let delivered = (STREAMS * EVENTS) as f64;
-    // Counted when the socket took the bytes, before the clients read them.
-    assert_eq!(count().await - before, delivered);
+    // Counted once the socket took the bytes; the writer records right after its write
+    // returns, so a client may read them an instant before the count moves: wait for
+    // exactly the deliveries (more would never match).
+    wait_metric(
+        &gw,
+        "sse_delivery_latency_seconds_count",
+        &[],
+        before + delivered,
+    )
+    .await;
+    wait_metric(&gw, "sse_events_sent_total", &[], sent_before + delivered).await;
     assert_eq!(
-        metric(&gw, "sse_events_sent_total", &[]).await - sent_before,
-        delivered
+        count().await - before,
+        delivered,
+        "no more than the deliveries"
     );
     let m = gw.metrics().await.unwrap();
     assert_eq!(
