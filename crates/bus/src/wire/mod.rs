@@ -97,6 +97,8 @@ struct FamilyState {
 /// What a `PONG` confirms.
 #[derive(Debug)]
 enum Confirm {
+    /// The connection's first round trip: everything wanted is subscribed again.
+    Up,
     Topic(TopicName),
     Family(usize),
 }
@@ -114,6 +116,8 @@ struct Session {
     /// Per `PING` sent and not answered yet, in order: when it was sent and what its
     /// `PONG` confirms.
     awaiting: VecDeque<(Instant, Vec<Confirm>)>,
+    /// The first round trip came back: the hub was told the link is up.
+    up: bool,
 }
 
 impl Wire<'_> {
@@ -182,16 +186,18 @@ impl Wire<'_> {
             };
         let (mut reader, mut writer) = stream.into_split();
         tracing::info!(server = %server.as_url_str(), attempt, topics = subs.by_topic.len(), "NATS subscriber connection up");
-        *was_up = true;
-        self.connected.set(1);
-        self.feed.set_connected(true);
 
         let mut session = Session {
             out: Vec::new(),
             awaiting: VecDeque::new(),
+            up: false,
         };
-        // The families, and everything wanted, go out again, confirmed by one round trip.
-        let mut again: Vec<Confirm> = Vec::with_capacity(self.families.len() + subs.by_topic.len());
+        // The families, and everything wanted, go out again, confirmed by one round trip;
+        // the link counts as up (readiness, new streams waiting for confirmations) only
+        // once they are in place.
+        let mut again: Vec<Confirm> =
+            Vec::with_capacity(1 + self.families.len() + subs.by_topic.len());
+        again.push(Confirm::Up);
         for (i, family) in self.families.iter().enumerate() {
             subs.families[i].confirmed = false;
             proto::sub(
@@ -224,7 +230,9 @@ impl Wire<'_> {
                 read = reader.read_buf(&mut buf) => match read {
                     Ok(0) => return End::Lost("the server closed the connection".to_owned()),
                     Ok(_) => {
-                        if let Err(reason) = self.serve(&mut buf, subs, &mut session) {
+                        let served = self.serve(&mut buf, subs, &mut session);
+                        *was_up |= session.up;
+                        if let Err(reason) = served {
                             return End::Lost(reason);
                         }
                     }
@@ -380,6 +388,11 @@ impl Wire<'_> {
                                     sub.confirmed = true;
                                     confirmed.push(topic);
                                 }
+                            }
+                            Confirm::Up => {
+                                session.up = true;
+                                self.connected.set(1);
+                                self.feed.set_connected(true);
                             }
                             Confirm::Family(i) => {
                                 if let Some(family) = subs.families.get_mut(i) {
