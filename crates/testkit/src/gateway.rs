@@ -335,16 +335,21 @@ impl Gateway {
                 http::get(self.admin_addr, "/healthz", &[]),
             )
             .await;
+            // Healthy, and the public listener bound (the admin listener can come up
+            // first): checked in the kernel's socket table, without a connection that
+            // would count against the per-address caps a test is about to probe.
             if let Ok(Ok(r)) = probe
                 && r.status == 200
+                && is_listening(self.addr)
             {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 self.kill();
                 bail!(
-                    "the gateway did not answer admin /healthz with 200 within \
-                     {START_TIMEOUT:?}; log:\n{}",
+                    "the gateway did not answer admin /healthz with 200 and listen on {} \
+                     within {START_TIMEOUT:?}; log:\n{}",
+                    self.addr,
                     self.log()
                 );
             }
@@ -511,6 +516,30 @@ fn render_config(
     }
     out.push_str(raw);
     out
+}
+
+/// Whether some socket listens on `addr` (an IPv4 address), from `/proc/net/tcp`.
+/// Elsewhere than Linux: assumed so.
+fn is_listening(addr: SocketAddr) -> bool {
+    let SocketAddr::V4(v4) = addr else {
+        return true;
+    };
+    let Ok(table) = fs::read_to_string("/proc/net/tcp") else {
+        return true;
+    };
+    // `local_address` is the address in host byte order as hex, then the port; state
+    // 0A is LISTEN.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    table.lines().skip(1).any(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1);
+        let state = fields.nth(1);
+        local == Some(want.as_str()) && state == Some("0A")
+    })
 }
 
 #[cfg(test)]
