@@ -30,18 +30,6 @@ async fn two_hundred_clients_get_twenty_events_in_order() {
     wait_metric(&gw, "sse_events_sent_total", &[], 4000.0).await;
 }
 
-async fn gateway_subjects(nats: &NatsServer) -> Vec<String> {
-    let mut subjects: Vec<String> = nats
-        .subscriptions()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.starts_with("sse."))
-        .collect();
-    subjects.sort();
-    subjects
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_upstream_subscription_for_fifty_clients_and_none_after_linger() {
     let nats = NatsServer::start().unwrap();

@@ -141,3 +141,8 @@ pub async fn a_normal_client_still_streams(gw: &Gateway, topic: &str) {
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(s.next_event(WAIT).await.unwrap().data, "still here");
 }
+
+/// The gateway's topic subscriptions on `nats` (its `sse.` subjects), sorted.
+pub async fn gateway_subjects(nats: &NatsServer) -> Vec<String> {
+    nats.subjects_under("sse.").await.unwrap()
+}

@@ -8,19 +8,6 @@ use tokio::time::Instant;
 
 use crate::support::*;
 
-/// The gateway's subscriptions on the server, sorted (its `sse.` subjects only).
-async fn gateway_subjects(nats: &NatsServer) -> Vec<String> {
-    let mut subjects: Vec<String> = nats
-        .subscriptions()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.starts_with("sse."))
-        .collect();
-    subjects.sort();
-    subjects
-}
-
 /// `/events?topic=…&topic=…` for `topics`.
 fn events_path(topics: &[String]) -> String {
     let query: Vec<String> = topics.iter().map(|t| format!("topic={t}")).collect();

@@ -187,15 +187,7 @@ async fn one_subscription_per_topic_dropped_after_linger() {
     let b = subscribe(&s.hub, "b").await;
     // Only topic subscriptions count (a client library's request inbox, `_INBOX.…`,
     // would not be one).
-    let topic_subjects = || async {
-        let subjects = s.nats.subscriptions().await?;
-        let mut topics: Vec<String> = subjects
-            .into_iter()
-            .filter(|s| s.starts_with("sse."))
-            .collect();
-        topics.sort();
-        anyhow::Ok(topics)
-    };
+    let topic_subjects = || s.nats.subjects_under("sse.");
     // Confirmed means the server has processed the SUB (a PING answered after it, not
     // only bytes written): its monitoring lists both at once, no waiting.
     assert_eq!(topic_subjects().await.unwrap(), ["sse.a", "sse.b"]);
@@ -289,18 +281,7 @@ async fn sixteen_new_topics_on_one_stream_cost_one_confirmation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_aggregated_family_is_one_subscription_demultiplexed_by_subject() {
     let s = setup_with(Duration::from_secs(30), &["user.*"]).await;
-    let subjects = || async {
-        let mut subjects: Vec<String> = s
-            .nats
-            .subscriptions()
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|s| s.starts_with("sse."))
-            .collect();
-        subjects.sort();
-        subjects
-    };
+    let subjects = || async { s.nats.subjects_under("sse.").await.unwrap() };
     let mut one = subscribe(&s.hub, "user.1").await;
     let mut two = s
         .hub

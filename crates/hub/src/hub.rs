@@ -272,6 +272,16 @@ impl Topics {
     }
 }
 
+/// Where an idle-queue entry's topic stands ([`Topic::linger`]).
+enum Linger {
+    /// Without streams for `topic_linger`: to be dropped.
+    Over,
+    /// Left again later: its linger now ends then.
+    Until(Instant),
+    /// Has streams again.
+    Taken,
+}
+
 /// A topic whose linger ends at `at` unless it is taken again meanwhile.
 #[derive(Debug)]
 pub(crate) struct Due {
@@ -372,6 +382,22 @@ impl Topic {
                 upstream_ready: false,
                 queued: false,
             }),
+        }
+    }
+
+    /// Where the topic's linger stands at `now`, for the sweeper. A topic taken again
+    /// leaves the idle queue (its next release queues it anew).
+    fn linger(&self, now: Instant, linger: Duration) -> Linger {
+        let mut meta = self.meta.lock();
+        if meta.expired(now, linger) {
+            return Linger::Over;
+        }
+        match (meta.subscribers, meta.idle_since) {
+            (0, Some(since)) => Linger::Until(since + linger),
+            _ => {
+                meta.queued = false;
+                Linger::Taken
+            }
         }
     }
 
@@ -767,18 +793,10 @@ impl Hub {
                 let Some(Due { topic, .. }) = idle.pop() else {
                     break;
                 };
-                let mut meta = topic.meta.lock();
-                if meta.expired(now, linger) {
-                    drop(meta);
-                    due.push(topic);
-                } else if let (0, Some(since)) = (meta.subscribers, meta.idle_since) {
-                    drop(meta);
-                    later.push(Due {
-                        at: since + linger,
-                        topic,
-                    });
-                } else {
-                    meta.queued = false;
+                match topic.linger(now, linger) {
+                    Linger::Over => due.push(topic),
+                    Linger::Until(at) => later.push(Due { at, topic }),
+                    Linger::Taken => {}
                 }
             }
             idle.extend(later.drain(..));
@@ -791,26 +809,19 @@ impl Hub {
             let mut topics = inner.topics.lock();
             for topic in due {
                 // Taken (and maybe left) again between the two locks?
-                let mut meta = topic.meta.lock();
-                if meta.expired(now, linger) {
-                    meta.queued = false;
-                    drop(meta);
-                    if topics
-                        .by_name
-                        .get(&topic.name)
-                        .is_some_and(|t| Arc::ptr_eq(t, &topic))
-                    {
-                        topics.by_name.remove(&topic.name);
-                        removed.push(topic);
+                match topic.linger(now, linger) {
+                    Linger::Over => {
+                        if topics
+                            .by_name
+                            .get(&topic.name)
+                            .is_some_and(|t| Arc::ptr_eq(t, &topic))
+                        {
+                            topics.by_name.remove(&topic.name);
+                            removed.push(topic);
+                        }
                     }
-                } else if let (0, Some(since)) = (meta.subscribers, meta.idle_since) {
-                    drop(meta);
-                    later.push(Due {
-                        at: since + linger,
-                        topic,
-                    });
-                } else {
-                    meta.queued = false;
+                    Linger::Until(at) => later.push(Due { at, topic }),
+                    Linger::Taken => {}
                 }
             }
             if removed.iter().any(|t| t.name.is_wildcard()) {

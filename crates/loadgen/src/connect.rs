@@ -158,15 +158,7 @@ impl Readers {
     /// once. Must be called within a tokio runtime (the launcher runs there).
     pub fn start(cfg: &Config, published: Counters, readers: &[Handle]) -> Self {
         let requests = (0..cfg.topics)
-            .map(|t| {
-                format!(
-                    "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-                    cfg.sub_path_for(t),
-                    cfg.host
-                )
-                .into_bytes()
-                .into_boxed_slice()
-            })
+            .map(|t| stream_request(&cfg.sub_path_for(t), &cfg.host).into_boxed_slice())
             .collect();
         let n = cfg.local_clients;
         let shared = Arc::new(Shared {
@@ -309,6 +301,14 @@ async fn launch(shared: Arc<Shared>, readers: Vec<Handle>) {
     }
 }
 
+/// The request that opens a stream on `path`.
+fn stream_request(path: &str, host: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 /// The request goes out, the head comes back: the stream and the body bytes read with
 /// the head.
 async fn open(shared: Arc<Shared>, local: usize, topic: usize) -> Opened {
@@ -318,12 +318,8 @@ async fn open(shared: Arc<Shared>, local: usize, topic: usize) -> Opened {
     let mut stream = socket.connect(shared.server).await?;
     if shared.cfg.topics_per_client > 1 {
         let client = shared.cfg.client_offset + local;
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n\r\n",
-            shared.cfg.multi_path_for(client),
-            shared.cfg.host
-        );
-        stream.write_all(request.as_bytes()).await?;
+        let request = stream_request(&shared.cfg.multi_path_for(client), &shared.cfg.host);
+        stream.write_all(&request).await?;
     } else if shared.cfg.sub_path.contains("{client}") {
         // A path of its own per connection (fresh per-user topics).
         let client = (shared.cfg.client_offset + local).to_string();

@@ -169,6 +169,19 @@ impl NatsServer {
         subscriptions_of(&connz)
     }
 
+    /// The subjects of every subscription under `prefix` (e.g. `"sse."`), sorted: the
+    /// gateway's topic subscriptions without the clients' request inboxes.
+    pub async fn subjects_under(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let mut subjects: Vec<String> = self
+            .subscriptions()
+            .await?
+            .into_iter()
+            .filter(|s| s.starts_with(prefix))
+            .collect();
+        subjects.sort();
+        Ok(subjects)
+    }
+
     /// `GET path` from the monitoring port, as JSON; non-200 is an error.
     pub async fn monitor(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         self.process.monitor(path).await

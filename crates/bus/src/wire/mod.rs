@@ -213,11 +213,11 @@ impl Wire<'_> {
             again.push(Confirm::Topic(topic.clone()));
         }
         session.confirm(again, self.confirmations);
+        // What the hub asked for before this connection; later, when it says so.
+        self.reconcile(subs, &mut session);
         let mut keepalive =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
         loop {
-            // What the hub asked for meanwhile (and, first time round, before).
-            self.reconcile(subs, &mut session);
             if !session.out.is_empty() {
                 let out = std::mem::take(&mut session.out);
                 match tokio::time::timeout(WRITE_TIMEOUT, writer.write_all(&out)).await {
@@ -238,7 +238,7 @@ impl Wire<'_> {
                     }
                     Err(e) => return End::Lost(format!("read: {e}")),
                 },
-                () = self.demand.changed.notified() => {}
+                () = self.demand.changed.notified() => self.reconcile(subs, &mut session),
                 _ = keepalive.tick() => {
                     // The oldest PING unanswered for a whole interval: the server or the
                     // path to it is gone.
@@ -426,36 +426,27 @@ impl Wire<'_> {
     /// Hands a message to the hub under the topic of its subscription, or, for a
     /// family's, under the topic its subject names.
     fn deliver(&self, subs: &Subs, msg: Msg) {
+        let topic = if msg.sid <= self.families.len() as u64 {
+            std::str::from_utf8(&msg.subject)
+                .ok()
+                .and_then(|s| s.strip_prefix(self.prefix))
+                .and_then(|s| s.strip_prefix('.'))
+        } else {
+            // None: a message for a subscription just dropped (the hub let it go).
+            subs.by_sid.get(&msg.sid).map(TopicName::as_str)
+        };
+        let Some(topic) = topic else {
+            return;
+        };
         let event_type = msg
             .header(EVENT_HEADER)
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
         let marker = msg.header(PUBLISH_HEADER).and_then(|v| v.parse().ok());
-        if msg.sid <= self.families.len() as u64 {
-            let topic = std::str::from_utf8(&msg.subject)
-                .ok()
-                .and_then(|s| s.strip_prefix(self.prefix))
-                .and_then(|s| s.strip_prefix('.'));
-            if let Some(topic) = topic {
-                ingest_parts(
-                    self.feed,
-                    self.pending,
-                    topic,
-                    msg.payload,
-                    event_type,
-                    marker,
-                );
-            }
-            return;
-        }
-        // A message for a subscription just dropped: the hub let the topic go.
-        let Some(topic) = subs.by_sid.get(&msg.sid) else {
-            return;
-        };
         ingest_parts(
             self.feed,
             self.pending,
-            topic.as_str(),
+            topic,
             msg.payload,
             event_type,
             marker,
