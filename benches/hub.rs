@@ -15,8 +15,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sse_hub::{
-    BodyFraming, Epoch, Feed, Hub, HubConfig, HubMetrics, Incoming, Source, TopicName,
-    WriterConfig, serve,
+    BodyFraming, Epoch, Feed, Hub, HubConfig, HubMetrics, Incoming, Source, StreamControl,
+    TopicName, WriterConfig, serve,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -166,7 +166,15 @@ fn coalescing(c: &mut Criterion) {
                             drain_retry: Duration::from_secs(3),
                         };
                         let writer = tokio::spawn(async move {
-                            serve(server, sub, Bytes::new(), BodyFraming::Raw, &config).await
+                            serve(
+                                server,
+                                sub,
+                                Bytes::new(),
+                                BodyFraming::Raw,
+                                &config,
+                                &StreamControl::default(),
+                            )
+                            .await
                         });
                         let read = client.await??;
                         hub.close();
@@ -247,7 +255,17 @@ fn isolation(c: &mut Criterion) {
     }));
     for _ in 0..STREAMS {
         let sub = hub.subscribe(std::slice::from_ref(&hot), None).unwrap();
-        runtime.spawn(serve(Sink, sub, Bytes::new(), BodyFraming::Chunked, config));
+        runtime.spawn(async move {
+            serve(
+                Sink,
+                sub,
+                Bytes::new(),
+                BodyFraming::Chunked,
+                config,
+                &StreamControl::default(),
+            )
+            .await
+        });
     }
     let busy = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

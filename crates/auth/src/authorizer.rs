@@ -2,11 +2,13 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::time::SystemTime;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::ticket::{Ticket, TicketClaims, TicketConfig, TicketKey};
 use crate::token::TokenSource;
 use sse_topic::{TopicName, covers};
 
@@ -30,15 +32,18 @@ pub struct AuthConfig {
     pub cookie: String,
     /// Topic patterns anyone may read without a token (never publish to).
     pub public_topics: Vec<String>,
+    /// Tickets (`auth.ticket_secret`, `auth.ticket_ttl`); off when `None`.
+    pub tickets: Option<TicketConfig>,
 }
 
 impl AuthConfig {
-    /// A configuration with the default cookie name and no public topics.
+    /// A configuration with the default cookie name, no public topics and no tickets.
     pub fn new(key: VerifyKey) -> Self {
         Self {
             key,
             cookie: DEFAULT_COOKIE.to_owned(),
             public_topics: Vec::new(),
+            tickets: None,
         }
     }
 }
@@ -67,12 +72,53 @@ impl Denied {
 }
 
 /// The claims this gateway reads; anything else in the token is ignored.
-#[derive(Debug, Default, Deserialize)]
-struct Claims {
-    #[serde(default)]
-    subscribe: Option<Vec<String>>,
-    #[serde(default)]
-    publish: Option<Vec<String>>,
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub(crate) struct Claims {
+    /// Who the token is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Unix seconds after which the token is not valid. `jsonwebtoken` checks its form
+    /// (a number); read leniently here so that its error, naming `exp`, is the one given.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "numeric_date"
+    )]
+    pub exp: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscribe: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<Vec<String>>,
+}
+
+impl Claims {
+    /// What a ticket carries: what subscribing needs, not the right to publish.
+    pub(crate) fn for_ticket(&self) -> Self {
+        Self {
+            publish: None,
+            ..self.clone()
+        }
+    }
+}
+
+/// A JWT NumericDate as whole seconds (fractions dropped); anything else as none.
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(match value {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        _ => None,
+    })
+}
+
+/// Who a subscription was allowed for, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// The token's `sub`, when a token was looked at and had one.
+    pub sub: Option<String>,
+    /// The token's `exp` (Unix seconds): the stream ends then (protocol §11).
+    pub exp: Option<u64>,
 }
 
 /// Verifies tokens and decides, per request, which topics they open. Build it once at
@@ -83,6 +129,7 @@ pub struct Authorizer {
     validation: Validation,
     cookie: String,
     public_topics: Vec<String>,
+    tickets: Option<TicketKey>,
 }
 
 impl fmt::Debug for Authorizer {
@@ -103,7 +150,9 @@ impl Authorizer {
             key,
             cookie,
             public_topics,
+            tickets,
         } = config;
+        let tickets = tickets.as_ref().map(TicketKey::new).transpose()?;
         let algorithm = key.algorithm();
         let decoding_key = key.decoding_key()?;
         if cookie.is_empty()
@@ -135,6 +184,7 @@ impl Authorizer {
             validation,
             cookie,
             public_topics,
+            tickets,
         })
     }
 
@@ -172,22 +222,66 @@ impl Authorizer {
     /// `subscribe` claim must cover every other topic ([`Denied::Forbidden`] naming the
     /// first that is not). A wildcard topic is covered only by patterns that match
     /// everything it can match. An empty `topics` is allowed.
-    pub fn check_subscribe(&self, token: Option<&str>, topics: &[&str]) -> Result<(), Denied> {
-        let mut private = topics
-            .iter()
-            .filter(|topic| !self.is_public(topic))
-            .peekable();
-        if private.peek().is_none() {
-            return Ok(());
+    ///
+    /// The [`Grant`] names the token's `sub` and `exp` when a token was needed.
+    pub fn check_subscribe(&self, token: Option<&str>, topics: &[&str]) -> Result<Grant, Denied> {
+        if topics.iter().all(|topic| self.is_public(topic)) {
+            return Ok(Grant::default());
         }
         let claims = self.verify(token)?;
-        let allowed = claims.subscribe.unwrap_or_default();
-        match private.find(|topic| !allows(&allowed, topic)) {
-            None => Ok(()),
+        self.check_claims(&claims, topics)
+    }
+
+    /// [`Authorizer::check_subscribe`] for a ticket whose claims were opened with
+    /// [`Authorizer::open_ticket`] (and whose single use the caller made sure of).
+    pub fn check_subscribe_ticket(
+        &self,
+        ticket: &TicketClaims,
+        topics: &[&str],
+    ) -> Result<Grant, Denied> {
+        self.check_claims(&ticket.claims, topics)
+    }
+
+    fn check_claims(&self, claims: &Claims, topics: &[&str]) -> Result<Grant, Denied> {
+        let allowed = claims.subscribe.as_deref().unwrap_or_default();
+        match topics
+            .iter()
+            .find(|topic| !self.is_public(topic) && !allows(allowed, topic))
+        {
+            None => Ok(Grant {
+                sub: claims.sub.clone(),
+                exp: claims.exp,
+            }),
             Some(topic) => Err(Denied::Forbidden(format!(
                 "the token does not allow subscribing to topic {topic:?}"
             ))),
         }
+    }
+
+    /// Whether tickets are on (`auth.ticket_secret` is set).
+    pub fn tickets_enabled(&self) -> bool {
+        self.tickets.is_some()
+    }
+
+    /// A ticket standing for `token` (which must be valid): its claims and `exp`, valid
+    /// for `auth.ticket_ttl` at most.
+    pub fn issue_ticket(&self, token: Option<&str>) -> Result<Ticket, Denied> {
+        let key = self
+            .tickets
+            .as_ref()
+            .ok_or_else(|| unauthorized("tickets are not enabled (auth.ticket_secret)"))?;
+        let claims = self.verify(token)?;
+        key.issue(&claims, SystemTime::now())
+    }
+
+    /// The claims of a ticket this gateway (or one sharing its secret) issued, while it
+    /// is valid. Single use is the caller's part: remember [`TicketClaims::id`].
+    pub fn open_ticket(&self, ticket: &str) -> Result<TicketClaims, Denied> {
+        let key = self
+            .tickets
+            .as_ref()
+            .ok_or_else(|| unauthorized("tickets are not enabled (auth.ticket_secret)"))?;
+        key.open(ticket, SystemTime::now())
     }
 
     /// May a client publish to `topic`? Always needs a valid token whose `publish` claim
@@ -252,7 +346,7 @@ impl Authorizer {
     }
 }
 
-fn unauthorized(message: impl Into<String>) -> Denied {
+pub(crate) fn unauthorized(message: impl Into<String>) -> Denied {
     Denied::Unauthorized(message.into())
 }
 

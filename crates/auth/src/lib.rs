@@ -7,6 +7,9 @@
 //!    else the cookie `auth.cookie` (default `sse_token`), else `?access_token=`;
 //! 2. asks [`Authorizer::check_subscribe`] (for `GET /events`) or
 //!    [`Authorizer::check_publish`] (for `POST /publish/{topic}`);
+//!    A `?ticket=` (protocol §11) is opened with [`Authorizer::open_ticket`] and checked
+//!    with [`Authorizer::check_subscribe_ticket`]; tickets are issued by
+//!    [`Authorizer::issue_ticket`] (see the `ticket` module for their form);
 //! 3. maps a refusal to its status: [`Denied::Unauthorized`] is 401, [`Denied::Forbidden`]
 //!    is 403. The crate knows no HTTP; it only decides.
 //!
@@ -77,10 +80,14 @@
 
 mod authorizer;
 mod key;
+mod ticket;
 mod token;
 
-pub use authorizer::{AuthConfig, Authorizer, DEFAULT_COOKIE, Denied, LEEWAY_SECS, MAX_TOKEN_LEN};
+pub use authorizer::{
+    AuthConfig, Authorizer, DEFAULT_COOKIE, Denied, Grant, LEEWAY_SECS, MAX_TOKEN_LEN,
+};
 pub use key::{MIN_HS256_SECRET_LEN, VerifyKey};
+pub use ticket::{MIN_TICKET_SECRET_LEN, TICKET_PARAM, Ticket, TicketClaims, TicketConfig};
 pub use token::{QUERY_PARAM, TokenSource, strip_from_query};
 
 /// Why an [`AuthConfig`] cannot be used. Messages never contain key material.
@@ -103,4 +110,10 @@ pub enum AuthConfigError {
     /// `auth.cookie` is empty or holds characters a cookie name cannot have.
     #[error("auth.cookie: {0:?} is not a valid cookie name")]
     Cookie(String),
+    /// `auth.ticket_secret` is shorter than [`MIN_TICKET_SECRET_LEN`] bytes.
+    #[error("auth.ticket_secret: must be at least {MIN_TICKET_SECRET_LEN} bytes, got {0} bytes")]
+    TicketSecret(usize),
+    /// `auth.ticket_ttl` is zero.
+    #[error("auth.ticket_ttl: must be more than zero")]
+    TicketTtl,
 }

@@ -85,18 +85,18 @@ fn query_param(query: &str) -> Option<Cow<'_, str>> {
         .map(|(_, value)| value)
 }
 
-/// Whether one raw query pair (`name=value`, still encoded) is the token parameter,
-/// however its name is spelled: `access_token`, `access%5Ftoken`, `%61ccess_token` … are
-/// all the name [`find`] reads.
+/// Whether one raw query pair (`name=value`, still encoded) is a token or a ticket
+/// parameter, however its name is spelled: `access_token`, `access%5Ftoken`,
+/// `%61ccess_token` … are all the name [`find`] reads.
 fn is_token_pair(pair: &str) -> bool {
     form_urlencoded::parse(pair.as_bytes())
         .next()
-        .is_some_and(|(key, _)| key == QUERY_PARAM)
+        .is_some_and(|(key, _)| key == QUERY_PARAM || key == crate::TICKET_PARAM)
 }
 
-/// The raw query without its token parameters (any percent-encoding of the name), for a
-/// request passed on to another service; `None` when it holds none. The other pairs keep
-/// their order and their encoding.
+/// The raw query without its token and ticket parameters (any percent-encoding of the
+/// name), for a request passed on to another service; `None` when it holds none. The
+/// other pairs keep their order and their encoding.
 pub fn strip_from_query(query: &str) -> Option<String> {
     if !query.split('&').any(is_token_pair) {
         return None;
@@ -151,6 +151,7 @@ mod tests {
             Some("a=1&b=%20")
         );
         assert_eq!(strip_from_query("a=1&token=2"), None);
+        assert_eq!(strip_from_query("t%69cket=x&a=1").as_deref(), Some("a=1"));
         assert_eq!(strip_from_query("access_tokens=1"), None);
     }
 

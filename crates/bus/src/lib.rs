@@ -20,6 +20,7 @@
 mod jetstream;
 mod nats;
 mod publish;
+mod tickets;
 mod wire;
 
 pub use async_nats::ServerAddr;
@@ -28,3 +29,4 @@ pub use nats::{
     BusError, EVENT_HEADER, NatsBus, NatsBusConfig, PUBLISH_HEADER, Unattached, subject_for,
 };
 pub use publish::{Pending, PublishError, Publisher};
+pub use tickets::{LedgerError, TicketLedger, ticket_bucket};

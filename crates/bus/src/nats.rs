@@ -259,6 +259,18 @@ impl NatsBus {
         }
     }
 
+    /// Single use of tickets across instances, when the bus reads a JetStream stream:
+    /// redeemed in the bucket [`crate::ticket_bucket`] of the stream, whose keys live
+    /// `ttl`.
+    pub fn ticket_ledger(&self, ttl: Duration) -> Option<crate::TicketLedger> {
+        let js = self.config.jetstream.as_ref()?;
+        Some(crate::TicketLedger::new(
+            self.client.subscribe(),
+            crate::ticket_bucket(&js.stream),
+            ttl,
+        ))
+    }
+
     /// Connects (in the background, retrying forever) and keeps one subscription per
     /// topic the hub wants until `shutdown` resolves; then drains the connection.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BusError> {

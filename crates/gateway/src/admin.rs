@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the operator API under
+//! `/api/` ([`crate::operator::api`]).
 
 use std::sync::Arc;
 
@@ -8,8 +9,10 @@ use pingora::http::Method;
 use pingora::protocols::http::ServerSession;
 
 use crate::admission::Admission;
+use crate::config::Secret;
 use crate::edge::{ApiError, Response as Answer};
 use crate::metrics::Metrics;
+use crate::operator::api::{API_PREFIX, Call, OperatorApi};
 use crate::sse::Streams;
 
 /// Serves the admin endpoints.
@@ -18,15 +21,24 @@ pub struct AdminApp {
     metrics: Metrics,
     streams: Arc<Streams>,
     admission: Arc<Admission>,
+    /// `admin.token`: what the operator API asks for.
+    token: Option<Secret>,
 }
 
 impl AdminApp {
-    /// Endpoints reporting `metrics`, with the gauges read off `streams` and `admission`.
-    pub fn new(metrics: Metrics, streams: Arc<Streams>, admission: Arc<Admission>) -> Self {
+    /// Endpoints reporting `metrics`, with the gauges read off `streams` and `admission`;
+    /// the operator API on `streams`, behind `token` when set.
+    pub fn new(
+        metrics: Metrics,
+        streams: Arc<Streams>,
+        admission: Arc<Admission>,
+        token: Option<Secret>,
+    ) -> Self {
         Self {
             metrics,
             streams,
             admission,
+            token,
         }
     }
 
@@ -58,6 +70,22 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response {
         let req = session.req_header();
         let path = req.uri.path();
+        if path.starts_with(API_PREFIX) {
+            let api = OperatorApi {
+                hub: &self.streams.hub,
+                registry: &self.streams.registry,
+                token: self.token.as_ref(),
+            };
+            return api
+                .answer(Call {
+                    method: req.method.as_str(),
+                    path,
+                    query: req.uri.query(),
+                    authorization: req.headers.get("authorization").map(|v| v.as_bytes()),
+                })
+                .for_head(req.method == Method::HEAD)
+                .to_http();
+        }
         if req.method != Method::GET && req.method != Method::HEAD {
             return error(&ApiError::method_not_allowed(req.method.as_str(), "GET"));
         }

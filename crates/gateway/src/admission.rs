@@ -142,6 +142,24 @@ impl Refusal {
         }
     }
 
+    /// 403 `revoked`: an operator blocked this subject or address for `remaining`.
+    pub fn revoked(remaining: std::time::Duration) -> Self {
+        Self {
+            outcome: Outcome::Unauthorized,
+            rejection: None,
+            error: ApiError::revoked(remaining),
+        }
+    }
+
+    /// 503: something the request needs is unavailable for now.
+    pub fn unavailable(error: ApiError) -> Self {
+        Self {
+            outcome: Outcome::OverCapacity,
+            rejection: None,
+            error,
+        }
+    }
+
     /// 503: the gateway is shutting down.
     pub fn draining(retry_after_secs: u64) -> Self {
         Self {

@@ -3,6 +3,7 @@
 //! ```text
 //! sse-gateway --config gateway.toml         run
 //! sse-gateway --check-config gateway.toml   validate and exit
+//! sse-gateway ctl topics                     ask the operator API (see operator::ctl)
 //! ```
 //!
 //! Wiring: one Pingora server with three services: the public listener ([`front`] reads
@@ -16,6 +17,7 @@ mod config;
 mod edge;
 mod front;
 mod metrics;
+mod operator;
 mod preflight;
 mod proxy;
 mod publish;
@@ -24,6 +26,7 @@ mod routes;
 mod shutdown;
 mod sse;
 mod state;
+mod tickets;
 mod upstream;
 
 use std::path::PathBuf;
@@ -53,6 +56,7 @@ use crate::metrics::Metrics;
 use crate::publish::Publishing;
 use crate::sse::Streams;
 use crate::state::Gateway;
+use crate::tickets::Tickets;
 
 /// Exit status for configuration errors.
 const EXIT_CONFIG: u8 = 2;
@@ -67,6 +71,7 @@ const EXIT_STARTUP: u8 = 1;
     about = "Fans NATS messages out to Server-Sent Events clients."
 )]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "check_config"])))]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
 struct Cli {
     /// Run with this configuration file.
     #[arg(long, value_name = "FILE")]
@@ -74,10 +79,22 @@ struct Cli {
     /// Validate this configuration file and exit (0 when valid).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands other than running the gateway.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Calls the operator API of a running gateway (topics, streams, kick).
+    Ctl(operator::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Ctl(args)) = cli.command {
+        return operator::ctl::main(args);
+    }
     if let Some(path) = cli.check_config {
         return match Config::load(&path) {
             Ok(_) => {
@@ -187,7 +204,7 @@ fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
 fn run(config: Config) -> anyhow::Result<()> {
     preflight::raise_open_file_limit();
     preflight::check_bindable("server.listen", config.server.listen)?;
-    preflight::check_bindable("admin.listen", config.admin_listen)?;
+    preflight::check_bindable("admin.listen", config.admin.listen)?;
 
     let metrics = Metrics::new().context("registering metrics")?;
     let hub_config = HubConfig {
@@ -234,6 +251,11 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(epoch = %hub.epoch(), "event ids of this run carry this epoch");
     }
     // The runtime objects, each built by the module that uses it.
+    let ticket_ttl = config
+        .auth
+        .as_ref()
+        .and_then(|a| a.tickets.as_ref())
+        .map(|t| t.ttl);
     let auth = match config.auth {
         Some(auth) => Some(Arc::new(
             Authorizer::new(auth).context("building the authorizer")?,
@@ -241,12 +263,21 @@ fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     let retry_after = sse::retry_after_secs(&config.sse);
+    let tickets = match (&auth, ticket_ttl) {
+        (Some(auth), Some(ttl)) => Some(Tickets::new(
+            auth.clone(),
+            bus.as_ref().and_then(|b| b.ticket_ledger(ttl)),
+            retry_after,
+        )),
+        _ => None,
+    };
     let streams = Streams::new(
         hub.clone(),
         &config.sse,
         &config.limits,
         config.server.grace_period,
         auth.clone(),
+        tickets,
         metrics.clone(),
     );
     let admission = Arc::new(Admission::new(&config.limits, retry_after));
@@ -305,9 +336,14 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     let mut admin = Service::new(
         "admin".to_owned(),
-        admin::AdminApp::new(metrics, streams.clone(), admission.clone()),
+        admin::AdminApp::new(
+            metrics,
+            streams.clone(),
+            admission.clone(),
+            config.admin.token.clone(),
+        ),
     );
-    admin.add_tcp(&config.admin_listen.to_string());
+    admin.add_tcp(&config.admin.listen.to_string());
     admin.threads = Some(1);
     let mut upstream = background_service(
         "upstream",
@@ -324,7 +360,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(
         listen = %server_conf.listen,
-        admin = %config.admin_listen,
+        admin = %config.admin.listen,
         "sse-gateway starting"
     );
     exit_if_a_listener_fails();

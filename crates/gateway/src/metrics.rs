@@ -7,7 +7,7 @@
 use prometheus::{
     Encoder, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
-use sse_hub::{HubMetrics, ShardedHistogram, SubscribeError};
+use sse_hub::{HubMetrics, ShardedHistogram, StreamEnd, SubscribeError};
 
 /// Declares the values of a metric label as an enum: each value is written once, here,
 /// and `ALL` lists them for registering every series at start-up.
@@ -91,6 +91,38 @@ label_values! {
     }
 }
 
+label_values! {
+    /// `sse_streams_closed_total{reason}`: why an open stream ended.
+    Closed {
+        /// The client closed it, reset it, or sent what an event stream does not take.
+        ClientGone = "client_gone",
+        /// Cut for falling too far behind.
+        SlowConsumer = "slow_consumer",
+        /// Its socket accepted nothing for `sse.write_timeout`.
+        WriteTimeout = "write_timeout",
+        /// Its token reached `exp`.
+        TokenExpired = "token_expired",
+        /// An operator closed it.
+        Revoked = "revoked",
+        /// The gateway shut down.
+        Shutdown = "shutdown",
+    }
+}
+
+impl Closed {
+    /// Why a stream with this end was closed.
+    pub fn of(end: &StreamEnd) -> Self {
+        match end {
+            StreamEnd::SlowConsumer { .. } => Self::SlowConsumer,
+            StreamEnd::WriteTimeout => Self::WriteTimeout,
+            StreamEnd::TokenExpired => Self::TokenExpired,
+            StreamEnd::Revoked => Self::Revoked,
+            StreamEnd::Shutdown => Self::Shutdown,
+            _ => Self::ClientGone,
+        }
+    }
+}
+
 impl Rejection {
     /// Which cap a refused subscription hit.
     pub fn of(e: &SubscribeError) -> Self {
@@ -120,6 +152,7 @@ pub struct Metrics {
     /// subscriptions (one per batch of topics).
     pub upstream_confirmations: IntCounter,
     rejections: IntCounterVec,
+    streams_closed: IntCounterVec,
     /// `sse_rate_limited_clients`: addresses whose token bucket is tracked.
     pub rate_limited_clients: IntGauge,
     /// `sse_clients_with_streams`: addresses holding at least one stream slot.
@@ -221,6 +254,14 @@ impl Metrics {
         for reason in Rejection::ALL {
             rejections.with_label_values(&[reason.label()]);
         }
+        let streams_closed = IntCounterVec::new(
+            Opts::new("sse_streams_closed_total", "Streams ended, by reason."),
+            &["reason"],
+        )?;
+        registry.register(Box::new(streams_closed.clone()))?;
+        for reason in Closed::ALL {
+            streams_closed.with_label_values(&[reason.label()]);
+        }
         let rate_limited_clients = gauge(
             "sse_rate_limited_clients",
             "Client addresses whose token bucket is tracked (pruned when full again).",
@@ -236,6 +277,7 @@ impl Metrics {
             nats_connected,
             upstream_confirmations,
             rejections,
+            streams_closed,
             rate_limited_clients,
             clients_with_streams,
             hub,
@@ -253,6 +295,13 @@ impl Metrics {
     pub fn reject(&self, rejection: Rejection) {
         self.rejections
             .with_label_values(&[rejection.label()])
+            .inc();
+    }
+
+    /// Counts one ended stream.
+    pub fn closed(&self, end: &StreamEnd) {
+        self.streams_closed
+            .with_label_values(&[Closed::of(end).label()])
             .inc();
     }
 
@@ -287,6 +336,7 @@ mod tests {
             "sse_delivery_latency_seconds",
             "sse_ring_bytes",
             "sse_pending_bytes",
+            "sse_streams_closed_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
@@ -302,6 +352,9 @@ mod tests {
         }
         for reason in Rejection::ALL {
             zero("sse_admission_rejections_total", "reason", reason.label());
+        }
+        for reason in Closed::ALL {
+            zero("sse_streams_closed_total", "reason", reason.label());
         }
     }
 

@@ -149,7 +149,7 @@ impl ProxyHttp for EdgeProxy {
                     .await?;
                 Ok(true)
             }
-            Target::Publish if preflight => {
+            Target::Publish | Target::Tickets if preflight => {
                 edge::preflight(cors, req, "POST, OPTIONS")
                     .send(session)
                     .await?;
@@ -157,6 +157,15 @@ impl ProxyHttp for EdgeProxy {
             }
             Target::Events => self.open_stream(session, client).await,
             Target::Publish => publish::handle(&gateway.publishing, &gateway.cors, session).await,
+            Target::Tickets => match gateway.streams.tickets() {
+                Some(tickets) => tickets.handle(&gateway.cors, session).await,
+                None => {
+                    Response::error(&ApiError::not_found(req.path()))
+                        .send(session)
+                        .await?;
+                    Ok(true)
+                }
+            },
             Target::Demo => {
                 edge::demo(req).send(session).await?;
                 Ok(true)

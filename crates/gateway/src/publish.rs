@@ -162,7 +162,7 @@ async fn publish(
         if found
             .as_ref()
             .is_some_and(|(_, source)| *source == sse_auth::TokenSource::Cookie)
-            && is_cross_site(cors, req)
+            && edge::is_cross_site(cors, req)
         {
             return Err(ApiError::cross_site());
         }
@@ -205,27 +205,6 @@ async fn publish(
             PublishError::TooLarge => ApiError::payload_too_large(max),
             other => ApiError::unavailable(other.to_string(), publishing.retry_after_secs),
         })
-}
-
-/// Whether a browser sent this request on behalf of another site: its `Origin` is
-/// neither this gateway's own (the `Host` it was sent to) nor one allowed to send
-/// credentials by `[cors]`.
-fn is_cross_site(cors: &Cors, req: &pingora::http::RequestHeader) -> bool {
-    let Some(origin) = req.header("origin") else {
-        // Browsers send Origin on every cross-site POST; without it, Sec-Fetch-Site tells.
-        return req.header("sec-fetch-site") == Some(&b"cross-site"[..]);
-    };
-    if cors.allows_credentials_from(origin) {
-        return false;
-    }
-    let authority = origin
-        .strip_prefix(b"https://")
-        .or_else(|| origin.strip_prefix(b"http://"));
-    // HTTP/1 names the authority in `Host`, HTTP/2 in the request target.
-    let host = req
-        .header("host")
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
-    !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, ApiError> {

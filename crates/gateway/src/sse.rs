@@ -8,14 +8,14 @@
 //! is relayed through its Pingora session (see `proxy.rs`).
 
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use sse_admission::{Caps, Slot};
-use sse_auth::Authorizer;
-use sse_hub::{BodyFraming, Hub, Subscription, WriterConfig};
+use sse_auth::{Authorizer, Denied, Grant};
+use sse_hub::{BodyFraming, Hub, StreamControl, Subscription, WriterConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -24,7 +24,9 @@ use crate::admission::{self, Client, Refusal};
 use crate::config::{LimitSettings, SseSettings};
 use crate::edge::{ApiError, Connection, Headers, RequestView, Response, Version};
 use crate::metrics::{Metrics, Outcome};
+use crate::operator::{Registry, StreamEntry, StreamId};
 use crate::request::parse_events_request;
+use crate::tickets::{self, Tickets};
 
 /// How long a new stream waits for its upstream subscriptions to be confirmed.
 const UPSTREAM_CONFIRM: Duration = Duration::from_secs(5);
@@ -40,6 +42,10 @@ pub struct Streams {
     caps: Arc<Caps>,
     /// Who may read which topics, when `[auth]` is on.
     auth: Option<Arc<Authorizer>>,
+    /// Tickets, when `auth.ticket_secret` is set.
+    tickets: Option<Tickets>,
+    /// Every open stream, for the operator API; the blocks it set.
+    pub registry: Arc<Registry>,
     /// `sse.allow_wildcards`.
     allow_wildcards: bool,
     /// `sse.max_topics_per_connection`.
@@ -64,6 +70,7 @@ impl Streams {
         limits: &LimitSettings,
         grace_period: Duration,
         auth: Option<Arc<Authorizer>>,
+        tickets: Option<Tickets>,
         metrics: Metrics,
     ) -> Arc<Self> {
         let writer = WriterConfig {
@@ -84,6 +91,8 @@ impl Streams {
             writer,
             caps: Caps::new(limits.max_connections, limits.max_connections_per_ip),
             auth,
+            tickets,
+            registry: Arc::default(),
             allow_wildcards: sse.allow_wildcards,
             max_topics_per_connection: sse.max_topics_per_connection,
             retry_after_secs: retry_after_secs(sse),
@@ -92,6 +101,11 @@ impl Streams {
             open: AtomicU64::new(0),
             gone: Notify::new(),
         })
+    }
+
+    /// Tickets, when `auth.ticket_secret` is set.
+    pub fn tickets(&self) -> Option<&Tickets> {
+        self.tickets.as_ref()
     }
 
     /// Whether SIGTERM was received.
@@ -203,6 +217,10 @@ impl<'a> StreamRequest<'a> {
 /// A stream that passed admission: everything it holds is released when it ends.
 #[derive(Debug)]
 pub struct Admitted {
+    /// Who it was allowed for, and until when.
+    grant: Grant,
+    /// The client's address.
+    ip: IpAddr,
     sub: Subscription,
     slot: Slot,
     guard: StreamGuard,
@@ -228,12 +246,39 @@ pub async fn admit(streams: &Arc<Streams>, req: &StreamRequest<'_>) -> Result<Ad
         streams.max_topics_per_connection,
     )
     .map_err(|e| Refusal::bad_request(e.into()))?;
-    if let Some(auth) = &streams.auth {
-        let cookies = request.header_values("cookie");
-        let token = auth.token_from(request.header("authorization"), &cookies, request.query());
-        let topics: Vec<&str> = events.topics.iter().map(|t| t.as_str()).collect();
-        auth.check_subscribe(token.as_deref(), &topics)
-            .map_err(Refusal::denied)?;
+    let grant = match &streams.auth {
+        Some(auth) => {
+            let topics: Vec<&str> = events.topics.iter().map(|t| t.as_str()).collect();
+            match (tickets::ticket_from(request.query()), &streams.tickets) {
+                (Some(ticket), Some(tickets)) => tickets.redeem(&ticket, &topics).await?,
+                (Some(_), None) => {
+                    return Err(Refusal::denied(Denied::Unauthorized(
+                        "tickets are not enabled on this gateway".into(),
+                    )));
+                }
+                (None, _) => {
+                    let cookies = request.header_values("cookie");
+                    let token =
+                        auth.token_from(request.header("authorization"), &cookies, request.query());
+                    auth.check_subscribe(token.as_deref(), &topics)
+                        .map_err(Refusal::denied)?
+                }
+            }
+        }
+        None => Grant::default(),
+    };
+    // Within the verifier's leeway a token may be past its exp: a stream would end at
+    // once, so it is refused instead.
+    if grant.exp.is_some_and(|exp| unix_now() >= exp) {
+        return Err(Refusal::denied(Denied::Unauthorized(
+            "the token has expired".into(),
+        )));
+    }
+    if let Some(remaining) = streams
+        .registry
+        .blocked(grant.sub.as_deref(), req.client.ip)
+    {
+        return Err(Refusal::revoked(remaining));
     }
     // The header is what EventSource sends on reconnect: it wins over the query.
     let last_event_id = match request.header("last-event-id") {
@@ -266,6 +311,8 @@ pub async fn admit(streams: &Arc<Streams>, req: &StreamRequest<'_>) -> Result<Ad
         Version::Http2 => (Bytes::new(), BodyFraming::Raw),
     };
     Ok(Admitted {
+        grant,
+        ip: req.client.ip,
         sub,
         slot,
         guard,
@@ -306,6 +353,8 @@ pub fn spawn<S>(
     let streams = streams.clone();
     tokio::spawn(async move {
         let Admitted {
+            grant,
+            ip,
             sub,
             slot,
             guard,
@@ -313,9 +362,22 @@ pub fn spawn<S>(
             head,
         } = admitted;
         let started = Instant::now();
-        let report = sse_hub::serve(io, sub, head, framing, &streams.writer).await;
+        let control = Arc::new(StreamControl::new(grant.exp.map(instant_of)));
+        let listed = streams.registry.register(StreamEntry {
+            id: StreamId::random(),
+            ip,
+            sub: grant.sub,
+            topics: Mutex::new(sub.topic_names().cloned().collect()),
+            opened_at: SystemTime::now(),
+            control: control.clone(),
+        });
+        let id = listed.entry().id;
+        let report = sse_hub::serve(io, sub, head, framing, &streams.writer, &control).await;
+        drop(listed);
+        streams.metrics.closed(&report.end);
         tracing::debug!(
             %peer,
+            stream = %id,
             topics = ?report.topics,
             end = ?report.end,
             frames = report.frames_sent,
@@ -325,4 +387,18 @@ pub fn spawn<S>(
         );
         drop((slot, guard, socket));
     });
+}
+
+/// Seconds since the Unix epoch now.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The moment, on the runtime's clock, of `exp` (Unix seconds).
+fn instant_of(exp: u64) -> Instant {
+    let at = UNIX_EPOCH + Duration::from_secs(exp);
+    let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+    Instant::now() + left
 }

@@ -134,7 +134,7 @@ pub struct FrameTooLarge {
 
 /// A snapshot of one active topic ([`Hub::topic_info`]).
 #[non_exhaustive]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicInfo {
     /// Streams (and publishes in flight) holding it.
     pub subscribers: usize,
@@ -145,6 +145,8 @@ pub struct TopicInfo {
     /// Frame slots its ring has allocated (0 until its first event; shrinks back after
     /// evictions).
     pub ring_slots: usize,
+    /// The id of the newest frame in its ring (none while the ring is empty).
+    pub last_id: Option<String>,
 }
 
 /// A message from upstream, before validation.
@@ -530,14 +532,30 @@ impl Hub {
     /// What `topic` holds now, when it is active.
     pub fn topic_info(&self, topic: &str) -> Option<TopicInfo> {
         let topic = self.inner.topics.lock().by_name.get(topic)?.clone();
+        Some(self.info_of(&topic, &mut IdFormatter::new(&self.epoch())))
+    }
+
+    /// Every active topic and what it holds. The topic table is locked only to copy
+    /// out references; each topic is then read under its own locks, one at a time.
+    pub fn topics(&self) -> Vec<(TopicName, TopicInfo)> {
+        let topics: Vec<Arc<Topic>> = self.inner.topics.lock().by_name.values().cloned().collect();
+        let mut ids = IdFormatter::new(&self.epoch());
+        topics
+            .iter()
+            .map(|topic| (topic.name.clone(), self.info_of(topic, &mut ids)))
+            .collect()
+    }
+
+    fn info_of(&self, topic: &Topic, ids: &mut IdFormatter) -> TopicInfo {
         let subscribers = topic.meta.lock().subscribers;
         let ring = topic.ring.read();
-        Some(TopicInfo {
+        TopicInfo {
             subscribers,
             ring_frames: ring.len(),
             ring_bytes: ring.held_bytes(),
             ring_slots: ring.slots(),
-        })
+            last_id: ring.back_seq().map(|seq| ids.format(seq).to_owned()),
+        }
     }
 
     // ----- subscribing -------------------------------------------------------------

@@ -89,10 +89,14 @@
 //! connection is back, before any message of the new connection.
 //!
 //! ## Closing
-//! [`Hub::close`] asks every writer to send a final `retry:` and end its stream.
+//! [`Hub::close`] asks every writer to send a final `retry:` and end its stream. One
+//! stream is ended through its [`StreamControl`] (an operator's close, or the expiry of
+//! the token that authorized it): `event: gateway.close` with the reason, a `retry:`,
+//! the end.
 
 mod budget;
 mod clock;
+mod control;
 mod histogram;
 mod hub;
 mod id;
@@ -109,6 +113,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use control::{CloseReason, StreamControl};
 pub use histogram::{HistogramError, Local, MAX_BUCKETS, ShardedHistogram};
 pub use hub::{
     Feed, FrameTooLarge, Hub, HubConfig, Incoming, Ingested, RESET_EVENT, ResetReason,
@@ -121,4 +126,4 @@ pub use replay::{ReplayItem, ReplayRequest, ReplaySink, StreamGone};
 pub use seams::{History, SeamFuture, Source, Upstream};
 pub use subscription::{Drained, Subscription};
 pub use topic::{MAX_TOPIC_LEN, TopicError, TopicName};
-pub use writer::{BodyFraming, StreamEnd, StreamReport, WriterConfig, serve};
+pub use writer::{BodyFraming, CLOSE_EVENT, StreamEnd, StreamReport, WriterConfig, serve};

@@ -143,6 +143,11 @@ impl Ring {
         self.entries.front().map(|h| h.entry.seq)
     }
 
+    /// Sequence of the newest entry.
+    pub fn back_seq(&self) -> Option<u64> {
+        self.entries.back().map(|h| h.entry.seq)
+    }
+
     /// Position one past the newest entry.
     pub fn head_pos(&self) -> u64 {
         self.start_pos + self.entries.len() as u64

@@ -32,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::control::{CloseReason, StreamControl};
 use crate::owed::Owed;
 use crate::subscription::{Frames, Subscription};
 
@@ -89,6 +90,10 @@ pub enum StreamEnd {
     WriteTimeout,
     /// The client sent more than a few KiB on an event stream.
     UnexpectedInput,
+    /// The token that authorized it expired: it was ended with `gateway.close`.
+    TokenExpired,
+    /// An operator closed it: it was ended with `gateway.close`.
+    Revoked,
     /// Writing failed.
     Io(io::Error),
 }
@@ -120,6 +125,8 @@ const OWED_COPY: usize = 64 * 1024;
 const OWED_SLICES: usize = 64;
 /// A chunk's end.
 const CRLF: &[u8] = b"\r\n";
+/// The event type of the frame a stream closed for a reason ends with.
+pub const CLOSE_EVENT: &str = "gateway.close";
 /// A heartbeat comment as one chunk, and as it is without chunking.
 const HEARTBEAT_CHUNKED: &[u8] = b"d\r\n: heartbeat\n\n\r\n";
 const HEARTBEAT_RAW: &[u8] = b": heartbeat\n\n";
@@ -132,18 +139,20 @@ thread_local! {
 }
 
 /// Serves one stream until it ends: writes `head` (e.g. an HTTP response head) and the
-/// opening `retry:` and comment at once, then frames as they come.
+/// opening `retry:` and comment at once, then frames as they come. `control` can end it
+/// early (and ends it at its expiry) and reads its progress.
 pub async fn serve<S>(
     io: S,
     sub: Subscription,
     head: Bytes,
     framing: BodyFraming,
     config: &WriterConfig,
+    control: &StreamControl,
 ) -> StreamReport
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut writer = Writer::new(io, sub, framing, config);
+    let mut writer = Writer::new(io, sub, framing, config, control);
     writer.open(&head);
     std::future::poll_fn(|cx| writer.poll(cx)).await
 }
@@ -154,8 +163,17 @@ enum Phase {
     Draining {
         close_at: Instant,
     },
-    /// The goodbye is queued.
-    Closing,
+    /// The goodbye is queued; the stream ends with this once it is written.
+    Closing(Ending),
+}
+
+/// Why a stream says goodbye.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// The hub closed: a short, jittered `retry:`.
+    Shutdown,
+    /// `gateway.close` with the reason, then the usual `retry:`.
+    Closed(CloseReason),
 }
 
 pub(crate) struct Writer<'c, S> {
@@ -163,6 +181,7 @@ pub(crate) struct Writer<'c, S> {
     sub: Subscription,
     framing: BodyFraming,
     config: &'c WriterConfig,
+    control: &'c StreamControl,
     /// What the socket has not taken yet, as references.
     owed: Owed,
     timer: Pin<Box<Sleep>>,
@@ -182,6 +201,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         sub: Subscription,
         framing: BodyFraming,
         config: &'c WriterConfig,
+        control: &'c StreamControl,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -189,6 +209,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             sub,
             framing,
             config,
+            control,
             owed: Owed::default(),
             timer: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
             timer_registered: false,
@@ -222,6 +243,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
         // The socket's read side is polled when there is nothing to write (a busy stream
         // learns of a closed client from its next write, which fails at once).
+        if !matches!(self.phase, Phase::Closing(_))
+            && let Some(reason) = self.must_close(cx)
+        {
+            self.begin_close(Ending::Closed(reason));
+        }
         for _ in 0..MAX_ROUNDS {
             if matches!(self.phase, Phase::Streaming) && self.sub.is_closing() {
                 let spread = self.config.drain_spread.mul_f64(fastrand::f64());
@@ -232,7 +258,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             if let Phase::Draining { close_at } = self.phase
                 && Instant::now() >= close_at
             {
-                self.begin_close();
+                self.begin_close(Ending::Shutdown);
             }
             match self.poll_write_owed(cx) {
                 Poll::Ready(Err(e)) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
@@ -253,10 +279,15 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                     return self.poll_timer(cx);
                 }
             }
-            if let Phase::Closing = self.phase {
+            if let Phase::Closing(ending) = self.phase {
                 // Everything, the last chunk included, is written.
                 let _ = Pin::new(&mut self.io).poll_shutdown(cx);
-                return Poll::Ready(self.finish(StreamEnd::Shutdown));
+                let end = match ending {
+                    Ending::Shutdown => StreamEnd::Shutdown,
+                    Ending::Closed(CloseReason::Revoked) => StreamEnd::Revoked,
+                    Ending::Closed(CloseReason::TokenExpired) => StreamEnd::TokenExpired,
+                };
+                return Poll::Ready(self.finish(end));
             }
             match self.fill(cx) {
                 Fill::Frames => continue,
@@ -273,6 +304,22 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         // Busy stream: let other tasks run, come back at once.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Whether the stream was closed through its control or its token expired (the
+    /// task is woken by a later close).
+    fn must_close(&mut self, cx: &Context<'_>) -> Option<CloseReason> {
+        if let Some(reason) = self.control.poll_closed(cx) {
+            return Some(reason);
+        }
+        let expired = self
+            .control
+            .expires_at()
+            .is_some_and(|at| Instant::now() >= at);
+        if expired && self.control.close(CloseReason::TokenExpired) {
+            return Some(CloseReason::TokenExpired);
+        }
+        self.control.closed()
     }
 
     /// Reads (and discards) whatever the client sends, to notice it closing.
@@ -364,7 +411,9 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         if delivered > 0 {
             metrics.events_sent.inc_by(delivered);
             self.frames_sent += delivered;
+            self.control.add_events_sent(delivered);
         }
+        self.control.set_pending_bytes(self.owed.bytes());
     }
 
     /// Owes `bytes` to the socket, after whatever is owed already.
@@ -375,6 +424,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             .pending_bytes
             .add(bytes.len() as i64);
         self.owed.push(bytes, event);
+        self.control.set_pending_bytes(self.owed.bytes());
     }
 
     /// Moves the next frames from the hub into one batch and writes as much of it as the
@@ -480,6 +530,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         if complete > 0 {
             metrics.events_sent.inc_by(complete as u64);
             self.frames_sent += complete as u64;
+            self.control.add_events_sent(complete as u64);
         }
         if written == buf.len() {
             return;
@@ -512,7 +563,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     /// With a write pending: cut the client if it is too far behind, in frames or in
     /// bytes (owed to its socket, and in the rings after its cursors).
     fn check_slow_consumer(&mut self) -> Option<StreamEnd> {
-        if matches!(self.phase, Phase::Closing) {
+        if matches!(self.phase, Phase::Closing(_)) {
             return None;
         }
         let frames = self.sub.backlog() + self.owed.events() as u64;
@@ -537,16 +588,22 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         StreamEnd::SlowConsumer { dropped }
     }
 
-    /// Heartbeat, write timeout and closing deadline share one timer.
+    /// Heartbeat, write timeout, the token's expiry and the closing deadline share one
+    /// timer.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
         loop {
             let heartbeat = self.last_write + self.config.heartbeat;
+            let expiry = self.control.expires_at();
             let deadline = match (&self.phase, self.blocked_since) {
                 (_, Some(since)) => since + self.config.write_timeout,
                 (Phase::Streaming, None) => heartbeat,
                 (Phase::Draining { close_at }, None) => heartbeat.min(*close_at),
                 // Closing with nothing blocked cannot wait here; poll() finishes it.
-                (Phase::Closing, None) => return Poll::Pending,
+                (Phase::Closing(_), None) => return Poll::Pending,
+            };
+            let deadline = match (&self.phase, expiry) {
+                (Phase::Closing(_), _) | (_, None) => deadline,
+                (_, Some(at)) => deadline.min(at),
             };
             // The deadline moves later with every write; re-arming the timer each time
             // would cost a timer-wheel update per write. Only an earlier deadline re-arms
@@ -568,9 +625,18 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 self.timer.as_mut().reset(deadline);
                 continue;
             }
-            if self.blocked_since.is_some() {
+            if let Some(since) = self.blocked_since
+                && Instant::now() >= since + self.config.write_timeout
+            {
                 self.sub.hub().metrics().write_timeouts.inc();
                 return Poll::Ready(self.finish(StreamEnd::WriteTimeout));
+            }
+            if !matches!(self.phase, Phase::Closing(_))
+                && expiry.is_some_and(|at| Instant::now() >= at)
+            {
+                // The token expired: poll() sends the goodbye.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             if let Phase::Draining { close_at } = self.phase
                 && Instant::now() >= close_at
@@ -593,12 +659,21 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         }
     }
 
-    /// Queues the final `retry:` (short and jittered, so that clients come back soon but
-    /// not all at once) and the end of the body after whatever is pending.
-    fn begin_close(&mut self) {
-        self.phase = Phase::Closing;
-        let mut body = BytesMut::with_capacity(24);
-        let retry = self.config.drain_retry.mul_f64(0.5 + fastrand::f64());
+    /// Queues the goodbye and the end of the body after whatever is pending. On
+    /// shutdown the goodbye is a short, jittered `retry:` (clients come back soon, to
+    /// another instance, but not all at once); a stream closed for a reason gets
+    /// `event: gateway.close` with it first, then the usual `retry:`.
+    fn begin_close(&mut self, ending: Ending) {
+        self.phase = Phase::Closing(ending);
+        let mut body = BytesMut::with_capacity(80);
+        let retry = match ending {
+            Ending::Shutdown => self.config.drain_retry.mul_f64(0.5 + fastrand::f64()),
+            Ending::Closed(reason) => {
+                let data = format!(r#"{{"reason":"{}"}}"#, reason.as_str());
+                sse_framing::encode_event(&mut body, None, Some(CLOSE_EVENT), &data);
+                self.config.retry
+            }
+        };
         sse_framing::encode_retry(&mut body, millis(retry));
         body.extend_from_slice(b"\n");
         let mut goodbye = BytesMut::with_capacity(body.len() + CHUNK_HEADER_ROOM + 7);

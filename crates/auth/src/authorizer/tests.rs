@@ -14,6 +14,7 @@ fn hs256(public_topics: &[&str]) -> Authorizer {
         key: VerifyKey::Hs256(SECRET.to_vec()),
         cookie: DEFAULT_COOKIE.to_owned(),
         public_topics: public_topics.iter().map(|s| s.to_string()).collect(),
+        tickets: None,
     })
     .unwrap()
 }
@@ -31,7 +32,7 @@ fn in_an_hour() -> u64 {
 }
 
 /// A 401 whose message does not leak the token.
-fn assert_unauthorized(result: Result<(), Denied>, token: &str, needle: &str) {
+fn assert_unauthorized<T: std::fmt::Debug>(result: Result<T, Denied>, token: &str, needle: &str) {
     match result {
         Err(Denied::Unauthorized(m)) => {
             assert!(m.contains(needle), "{m:?} lacks {needle:?}");
@@ -41,7 +42,7 @@ fn assert_unauthorized(result: Result<(), Denied>, token: &str, needle: &str) {
     }
 }
 
-fn forbidden_message(result: Result<(), Denied>) -> String {
+fn forbidden_message<T: std::fmt::Debug>(result: Result<T, Denied>) -> String {
     match result {
         Err(Denied::Forbidden(m)) => m,
         other => panic!("expected 403, got {other:?}"),

@@ -1,7 +1,9 @@
 //! `[auth]`: JWT verification keys, the cookie, public topics.
 
+use std::time::Duration;
+
 use serde::Deserialize;
-use sse_auth::{AuthConfig, Authorizer, VerifyKey};
+use sse_auth::{AuthConfig, Authorizer, TicketConfig, VerifyKey};
 
 use super::{ConfigError, invalid};
 
@@ -19,7 +21,15 @@ pub struct RawAuth {
     pub cookie: String,
     /// Topic patterns anyone may read.
     pub public_topics: Vec<String>,
+    /// Signs tickets (`POST /tickets`, `?ticket=`); tickets are off without it.
+    pub ticket_secret: Option<String>,
+    /// How long a ticket is valid.
+    #[serde(with = "humantime_serde")]
+    pub ticket_ttl: Duration,
 }
+
+/// `auth.ticket_ttl` when not set.
+pub const DEFAULT_TICKET_TTL: Duration = Duration::from_secs(30);
 
 impl Default for RawAuth {
     fn default() -> Self {
@@ -29,6 +39,8 @@ impl Default for RawAuth {
             public_key_file: None,
             cookie: sse_auth::DEFAULT_COOKIE.to_owned(),
             public_topics: Vec::new(),
+            ticket_secret: None,
+            ticket_ttl: DEFAULT_TICKET_TTL,
         }
     }
 }
@@ -63,10 +75,18 @@ pub(super) fn validate(auth: RawAuth) -> Result<Option<AuthConfig>, ConfigError>
             ));
         }
     };
+    if auth.ticket_ttl.is_zero() {
+        return Err(invalid("auth.ticket_ttl", "must be longer than 0"));
+    }
+    let tickets = auth.ticket_secret.map(|secret| TicketConfig {
+        secret: secret.into_bytes(),
+        ttl: auth.ticket_ttl,
+    });
     let config = AuthConfig {
         key,
         cookie: auth.cookie,
         public_topics: auth.public_topics,
+        tickets,
     };
     Authorizer::new(config.clone()).map_err(|e| invalid("auth", e.to_string()))?;
     Ok(Some(config))

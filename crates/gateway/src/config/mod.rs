@@ -29,9 +29,42 @@ pub use self::bus::{BusKind, NatsSettings, RawBus, RawJetStream, RawNats};
 pub use self::edge::{CorsSettings, RawCors, RawRoute, RouteSettings};
 pub use self::limits::{LimitSettings, RawLimits};
 pub use self::server::{
-    LogFormat, RawAdmin, RawLog, RawServer, RawTls, ServerSettings, TlsSettings,
+    AdminSettings, LogFormat, RawAdmin, RawLog, RawServer, RawTls, ServerSettings, TlsSettings,
 };
 pub use self::sse::{RawSse, SseSettings};
+
+/// A secret from the file (a token): shown as `<redacted>` by `Debug`, compared in
+/// constant time.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for whoever must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is the secret, in time independent of where they differ.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        let secret = self.0.as_bytes();
+        let mut diff = u8::from(secret.len() != candidate.len());
+        for (i, &b) in secret.iter().enumerate() {
+            diff |= b ^ candidate.get(i).copied().unwrap_or(!b);
+        }
+        diff == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// A configuration problem, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -114,8 +147,8 @@ impl RawConfig {
 pub struct Config {
     /// `[server]`
     pub server: ServerSettings,
-    /// `admin.listen`
-    pub admin_listen: SocketAddr,
+    /// `[admin]`
+    pub admin: AdminSettings,
     /// `[nats]`
     pub nats: NatsSettings,
     /// `[sse]`
@@ -166,12 +199,12 @@ impl Config {
             log,
         } = raw;
         let (bus, nats, jetstream) = bus::validate(bus, nats, jetstream)?;
-        let (server, admin_listen, tls) = server::validate(server, admin, tls)?;
+        let (server, admin, tls) = server::validate(server, admin, tls)?;
         let sse = sse::validate(sse)?;
         let limits = limits::validate(limits, &sse)?;
         Ok(Self {
             server,
-            admin_listen,
+            admin,
             nats,
             sse,
             limits,
@@ -235,7 +268,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.server.threads, 2);
         assert_eq!(c.server.grace_period, Duration::from_secs(10));
-        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.admin.listen.to_string(), "127.0.0.1:9090");
         assert_eq!(c.nats.subject_prefix, "sse");
         assert_eq!(c.sse.heartbeat, Duration::from_secs(15));
         assert_eq!(c.sse.retry, Duration::from_secs(3));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, in_range, invalid, positive, socket_addr};
+use super::{ConfigError, Secret, in_range, invalid, positive, socket_addr};
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
@@ -45,16 +45,28 @@ impl Default for RawServer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
-    /// Admin listener (`/metrics`, `/healthz`, `/readyz`).
+    /// Admin listener (`/metrics`, `/healthz`, `/readyz`, the operator API).
     pub listen: String,
+    /// Bearer token every operator API call (`/api/…`) must carry.
+    pub token: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9090".into(),
+            token: None,
         }
     }
+}
+
+/// `[admin]`, validated.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// `admin.listen`
+    pub listen: SocketAddr,
+    /// `admin.token`: the operator API needs `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
 }
 
 /// `[tls]`
@@ -116,13 +128,13 @@ pub struct TlsSettings {
     pub key_file: String,
 }
 
-/// `[server]`, `[admin]` and `[tls]`, validated: the server, the admin address, the TLS
+/// `[server]`, `[admin]` and `[tls]`, validated: the server, the admin listener, the TLS
 /// listener.
 pub(super) fn validate(
     server: RawServer,
     admin: RawAdmin,
     tls: Option<RawTls>,
-) -> Result<(ServerSettings, SocketAddr, Option<TlsSettings>), ConfigError> {
+) -> Result<(ServerSettings, AdminSettings, Option<TlsSettings>), ConfigError> {
     let server = ServerSettings {
         listen: socket_addr("server.listen", &server.listen)?,
         threads: in_range("server.threads", server.threads, 1, 1024)?,
@@ -138,6 +150,20 @@ pub(super) fn validate(
             format!("must differ from server.listen ({})", server.listen),
         ));
     }
+    let token = match admin.token {
+        None => None,
+        Some(t) if t.is_empty() || t.bytes().any(|b| !b.is_ascii_graphic()) => {
+            return Err(invalid(
+                "admin.token",
+                "must be non-empty printable ASCII without spaces (it is sent as a bearer token)",
+            ));
+        }
+        Some(t) => Some(Secret::new(t)),
+    };
+    let admin = AdminSettings {
+        listen: admin_listen,
+        token,
+    };
     let tls = tls
         .map(|t| -> Result<TlsSettings, ConfigError> {
             for (key, path) in [
@@ -155,5 +181,5 @@ pub(super) fn validate(
             })
         })
         .transpose()?;
-    Ok((server, admin_listen, tls))
+    Ok((server, admin, tls))
 }

@@ -1,4 +1,4 @@
-//! CORS for `/events` (EventSource) and `/publish`: `[cors] allowed_origins`,
+//! CORS for `/events` (EventSource), `/publish` and `/tickets`: `[cors] allowed_origins`,
 //! `allow_credentials`.
 //!
 //! Preflights (`OPTIONS`) always answer 204; an allowed `Origin` is echoed exactly in
@@ -6,6 +6,8 @@
 //! CORS headers at all, so browsers refuse them. `"*"` in the list allows any origin
 //! (still echoed exactly), and cannot be combined with `allow_credentials` (a
 //! configuration error): credentials go only to origins listed by name.
+
+use super::view::RequestView;
 
 /// Response headers, name and value.
 pub type Headers = Vec<(&'static str, String)>;
@@ -77,6 +79,27 @@ impl Cors {
         headers.push(("Access-Control-Max-Age", "600".to_owned()));
         headers
     }
+}
+
+/// Whether a browser sent this request on behalf of another site: its `Origin` is
+/// neither this gateway's own (the `Host` it was sent to) nor one allowed to send
+/// credentials by `[cors]`.
+pub fn is_cross_site(cors: &Cors, req: &pingora::http::RequestHeader) -> bool {
+    let Some(origin) = req.header("origin") else {
+        // Browsers send Origin on every cross-site POST; without it, Sec-Fetch-Site tells.
+        return req.header("sec-fetch-site") == Some(&b"cross-site"[..]);
+    };
+    if cors.allows_credentials_from(origin) {
+        return false;
+    }
+    let authority = origin
+        .strip_prefix(b"https://")
+        .or_else(|| origin.strip_prefix(b"http://"));
+    // HTTP/1 names the authority in `Host`, HTTP/2 in the request target.
+    let host = req
+        .header("host")
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+    !matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
 }
 
 #[cfg(test)]

@@ -112,6 +112,17 @@ impl ApiError {
         }
     }
 
+    /// 403 `revoked`: an operator closed this user's (or address's) streams and refuses
+    /// new ones for `remaining` more.
+    pub fn revoked(remaining: std::time::Duration) -> Self {
+        let secs = remaining.as_secs() + u64::from(remaining.subsec_nanos() > 0);
+        Self::new(
+            403,
+            "revoked",
+            format!("streams are refused for this client for another {secs} s"),
+        )
+    }
+
     /// 502: the upstream failed.
     pub fn bad_gateway(message: impl Into<String>) -> Self {
         Self::new(502, "bad_gateway", message)
@@ -133,6 +144,16 @@ impl ApiError {
             sse_auth::Denied::Forbidden(message) => Self::new(403, "forbidden", message.clone()),
             other => Self::new(401, "unauthorized", other.message().to_owned()),
         }
+    }
+
+    /// 401 with `message` (the operator API's own credentials).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(401, "unauthorized", message)
+    }
+
+    /// 404: no `what` of that name (the operator API).
+    pub fn not_found_named(what: &str, name: &str) -> Self {
+        Self::new(404, "not_found", format!("no active {what} {name:?}"))
     }
 
     /// 403: a request made by another site with the browser's cookie.

@@ -23,7 +23,7 @@ pub mod path;
 pub mod response;
 pub mod view;
 
-pub use self::cors::{Cors, Headers};
+pub use self::cors::{Cors, Headers, is_cross_site};
 pub use self::error::ApiError;
 pub use self::path::Target;
 pub use self::response::{Connection, Response};

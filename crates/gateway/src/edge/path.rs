@@ -10,6 +10,7 @@
 use crate::publish::is_publish_path;
 use crate::request::is_events_path;
 use crate::routes::Routes;
+use crate::tickets::TICKETS_PATH;
 
 use super::error::ApiError;
 
@@ -23,6 +24,8 @@ pub enum Target {
     Events,
     /// `POST /publish/{topic}`.
     Publish,
+    /// `POST /tickets`.
+    Tickets,
     /// The demo page.
     Demo,
     /// A reverse-proxy route (its index in [`Routes`]).
@@ -37,6 +40,8 @@ pub fn target(path: &str, routes: &Routes) -> Target {
         Target::Events
     } else if is_publish_path(path) {
         Target::Publish
+    } else if path == TICKETS_PATH {
+        Target::Tickets
     } else if path == DEMO_PATH {
         Target::Demo
     } else if let Some(index) = routes.index_of(path) {

@@ -253,7 +253,9 @@ impl Http1<'_> {
         let preflight = head.method == "OPTIONS";
         let answer = match target {
             Target::Events if preflight => edge::preflight(cors, head, "GET, OPTIONS"),
-            Target::Publish if preflight => edge::preflight(cors, head, "POST, OPTIONS"),
+            Target::Publish | Target::Tickets if preflight => {
+                edge::preflight(cors, head, "POST, OPTIONS")
+            }
             Target::Events => {
                 let cors = edge::cors_headers(cors, head);
                 let request = StreamRequest::new(head, client, cors.clone());
@@ -276,7 +278,7 @@ impl Http1<'_> {
                     }
                 }
             }
-            Target::Publish | Target::Route(_) => {
+            Target::Publish | Target::Tickets | Target::Route(_) => {
                 return self.hand_off(stream, head, keep_alive).await;
             }
             Target::Demo => edge::demo(head),

@@ -196,11 +196,12 @@ async fn a_thousand_stalled_streams_hold_one_copy_of_their_frame() {
         drain_retry: Duration::from_secs(1),
     };
     let mut cx = Context::from_waker(Waker::noop());
+    let control = crate::StreamControl::default();
     let mut streams = Vec::new();
     for _ in 0..1000 {
         let (server, client) = tokio::io::duplex(1024);
         let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-        let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config);
+        let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config, &control);
         writer.open(b"");
         assert!(writer.poll(&mut cx).is_pending());
         streams.push((writer, client));

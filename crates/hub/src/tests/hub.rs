@@ -399,9 +399,14 @@ fn a_topic_holds_no_ring_slots_until_its_first_event() {
         (info.ring_frames, info.ring_bytes, info.ring_slots),
         (0, 0, 0)
     );
+    assert_eq!(info.last_id, None);
     feed.ingest(&t, msg("first"));
     let info = hub.topic_info("user.1").unwrap();
     assert_eq!(info.ring_frames, 1);
+    assert_eq!(info.last_id.as_deref(), Some("t-1"));
+    let listed = hub.topics();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].0.as_str(), &listed[0].1), ("user.1", &info));
     assert!(info.ring_slots >= 1 && info.ring_slots < 64, "{info:?}");
     assert_eq!(datas(&drain_events(&mut sub)), ["first"]);
     for i in 0..20 {

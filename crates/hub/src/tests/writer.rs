@@ -5,7 +5,11 @@ use tokio::io::{AsyncReadExt, DuplexStream};
 
 use super::{decode, hub_with, msg, topic};
 use crate::writer::Writer;
-use crate::{BodyFraming, StreamEnd, StreamReport, WriterConfig, serve};
+use std::sync::Arc;
+
+use crate::{
+    BodyFraming, CloseReason, StreamControl, StreamEnd, StreamReport, WriterConfig, serve,
+};
 
 fn config() -> WriterConfig {
     WriterConfig {
@@ -51,6 +55,17 @@ fn spawn_writer(
     buffer: usize,
     config: WriterConfig,
 ) -> (DuplexStream, tokio::task::JoinHandle<StreamReport>) {
+    spawn_controlled(hub, name, buffer, config, Arc::default())
+}
+
+/// [`spawn_writer`] with the stream's control handle.
+fn spawn_controlled(
+    hub: &crate::Hub,
+    name: &str,
+    buffer: usize,
+    config: WriterConfig,
+    control: Arc<StreamControl>,
+) -> (DuplexStream, tokio::task::JoinHandle<StreamReport>) {
     let (server, client) = tokio::io::duplex(buffer);
     let sub = hub.subscribe(&[topic(name)], None).unwrap();
     let task = tokio::spawn(async move {
@@ -60,6 +75,7 @@ fn spawn_writer(
             Bytes::from_static(b"HEAD\r\n\r\n"),
             BodyFraming::Chunked,
             &config,
+            &control,
         )
         .await
     });
@@ -267,7 +283,17 @@ async fn raw_framing_has_no_chunks() {
     let (server, mut client) = tokio::io::duplex(4096);
     let sub = hub.subscribe(&[topic("a")], None).unwrap();
     let cfg = config();
-    tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
+    tokio::spawn(async move {
+        serve(
+            server,
+            sub,
+            Bytes::new(),
+            BodyFraming::Raw,
+            &cfg,
+            &StreamControl::default(),
+        )
+        .await
+    });
     assert_eq!(
         read_some(&mut client).await,
         b"retry: 3000\n: connected\n\n".to_vec()
@@ -285,7 +311,17 @@ async fn a_resume_reset_goes_out_with_the_opening() {
     let (server, mut client) = tokio::io::duplex(4096);
     let sub = hub.subscribe(&[topic("a")], Some("bogus")).unwrap();
     let cfg = config();
-    tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
+    tokio::spawn(async move {
+        serve(
+            server,
+            sub,
+            Bytes::new(),
+            BodyFraming::Raw,
+            &cfg,
+            &StreamControl::default(),
+        )
+        .await
+    });
     let got = read_some(&mut client).await;
     assert_eq!(
         got,
@@ -317,11 +353,12 @@ async fn stalled_streams_owe_references_to_the_rings_frames_not_copies() {
         client_buffer_bytes: 1 << 20,
         ..config()
     };
+    let control = StreamControl::default();
     let mut streams = Vec::new();
     for _ in 0..3 {
         let (server, client) = tokio::io::duplex(256);
         let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-        let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config);
+        let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config, &control);
         writer.open(b"HEAD\r\n\r\n");
         assert!(poll_once(&mut writer).is_pending());
         assert!(writer.owed().is_empty(), "the opening fits the socket");
@@ -411,7 +448,8 @@ async fn small_frames_copied_under_the_lock_are_owed_as_references_too() {
     };
     let (server, _client) = tokio::io::duplex(1024);
     let sub = hub.subscribe(std::slice::from_ref(&t), None).unwrap();
-    let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config);
+    let control = StreamControl::default();
+    let mut writer = Writer::new(server, sub, BodyFraming::Chunked, &config, &control);
     writer.open(b"HEAD\r\n\r\n");
     assert!(poll_once(&mut writer).is_pending());
     for i in 0..40 {
@@ -556,6 +594,7 @@ async fn owed_bytes_go_out_in_order_through_vectored_writes() {
             Bytes::from_static(b"HEAD\r\n\r\n"),
             BodyFraming::Chunked,
             &config,
+            &StreamControl::default(),
         )
         .await
     });
@@ -596,7 +635,17 @@ async fn a_replay_waiting_for_its_turn_does_not_stop_heartbeats() {
     // The replay is asked for but never served (it waits for a turn): the stream is open.
     let (_request, _sink) = replays.take().pop().unwrap();
     let cfg = config();
-    tokio::spawn(async move { serve(server, sub, Bytes::new(), BodyFraming::Raw, &cfg).await });
+    tokio::spawn(async move {
+        serve(
+            server,
+            sub,
+            Bytes::new(),
+            BodyFraming::Raw,
+            &cfg,
+            &StreamControl::default(),
+        )
+        .await
+    });
     assert_eq!(
         read_some(&mut client).await,
         b"retry: 3000\n: connected\n\n".to_vec()
@@ -605,4 +654,91 @@ async fn a_replay_waiting_for_its_turn_does_not_stop_heartbeats() {
         tokio::time::sleep(Duration::from_secs(15)).await;
         assert_eq!(read_some(&mut client).await, b": heartbeat\n\n".to_vec());
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_stream_ends_with_gateway_close_then_retry_and_nothing_after() {
+    let (hub, feed) = hub_with(16, 8);
+    let control = Arc::new(StreamControl::new(None));
+    let (mut client, task) = spawn_controlled(&hub, "a", 4096, config(), control.clone());
+    read_some(&mut client).await;
+    feed.ingest(&topic("a"), msg("before"));
+    assert_eq!(
+        chunks(&read_some(&mut client).await),
+        vec![b"id: t-1\ndata: before\n\n".to_vec()]
+    );
+    assert!(control.close(CloseReason::Revoked));
+    let report = task.await.unwrap();
+    assert!(matches!(report.end, StreamEnd::Revoked), "{:?}", report.end);
+    feed.ingest(&topic("a"), msg("after"));
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        chunks(&rest),
+        vec![
+            b"event: gateway.close\ndata: {\"reason\":\"revoked\"}\n\nretry: 3000\n\n".to_vec(),
+            Vec::new()
+        ]
+    );
+    assert_eq!(control.events_sent(), 1);
+    assert_eq!(control.pending_bytes(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_ends_at_its_token_expiry_without_a_task_of_its_own() {
+    let (hub, feed) = hub_with(16, 8);
+    let expires = tokio::time::Instant::now() + Duration::from_secs(20);
+    let control = Arc::new(StreamControl::new(Some(expires)));
+    let (mut client, task) = spawn_controlled(&hub, "a", 4096, config(), control.clone());
+    read_some(&mut client).await;
+    // A heartbeat at 15 s; the stream is still open.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert_eq!(
+        chunks(&read_some(&mut client).await),
+        vec![b": heartbeat\n\n".to_vec()]
+    );
+    feed.ingest(&topic("a"), msg("x"));
+    assert_eq!(chunks(&read_some(&mut client).await).len(), 1);
+    let report = task.await.unwrap();
+    assert!(tokio::time::Instant::now() >= expires);
+    assert!(tokio::time::Instant::now() < expires + Duration::from_millis(100));
+    assert!(
+        matches!(report.end, StreamEnd::TokenExpired),
+        "{:?}",
+        report.end
+    );
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(
+        chunks(&rest),
+        vec![
+            b"event: gateway.close\ndata: {\"reason\":\"token_expired\"}\n\nretry: 3000\n\n"
+                .to_vec(),
+            Vec::new()
+        ]
+    );
+    assert_eq!(control.closed(), Some(CloseReason::TokenExpired));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_closed_while_its_socket_is_full_is_still_bounded_by_the_write_timeout() {
+    let (hub, feed) = hub_with(64, 64);
+    let config = WriterConfig {
+        client_buffer: 64,
+        ..config()
+    };
+    let control = Arc::new(StreamControl::new(None));
+    let (_client, task) = spawn_controlled(&hub, "a", 64, config, control.clone());
+    for i in 0..20 {
+        feed.ingest(&topic("a"), msg(&format!("{i:03}{}", "x".repeat(100))));
+    }
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(control.pending_bytes() > 0, "the socket is full");
+    control.close(CloseReason::Revoked);
+    let report = task.await.unwrap();
+    assert!(
+        matches!(report.end, StreamEnd::WriteTimeout),
+        "{:?}",
+        report.end
+    );
 }
