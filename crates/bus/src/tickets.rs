@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use async_nats::Client;
-use async_nats::jetstream::kv::{Config, CreateErrorKind, Store};
+use async_nats::jetstream::kv::{CreateErrorKind, Store};
+use async_nats::jetstream::stream;
 use tokio::sync::{OnceCell, watch};
 
 /// The bucket of redeemed tickets: `<jetstream.stream>_TICKETS`.
@@ -81,15 +82,27 @@ impl TicketLedger {
         if let Ok(store) = js.get_key_value(&self.bucket).await {
             return Ok(store);
         }
-        js.create_key_value(Config {
-            bucket: self.bucket.clone(),
-            description: "sse-gateway: tickets redeemed (single use across instances)".into(),
-            history: 1,
-            // A little longer than a ticket lives, for clocks that disagree.
-            max_age: self.ttl + Duration::from_secs(5),
-            ..Config::default()
+        // The bucket's stream, made as the client library makes a key-value bucket (its
+        // own `create_key_value` first asks for account details that servers before 2.10
+        // answer in a form it cannot read).
+        let max_age = self.ttl + Duration::from_secs(5);
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{}", self.bucket),
+            description: Some("sse-gateway: tickets redeemed (single use across instances)".into()),
+            subjects: vec![format!("$KV.{}.>", self.bucket)],
+            max_messages_per_subject: 1,
+            max_age,
+            duplicate_window: max_age.min(Duration::from_secs(120)),
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            ..stream::Config::default()
         })
         .await
-        .map_err(|e| bucket(e.to_string()))
+        .map_err(|e| bucket(e.to_string()))?;
+        js.get_key_value(&self.bucket)
+            .await
+            .map_err(|e| bucket(e.to_string()))
     }
 }
