@@ -289,3 +289,95 @@ async fn browser_reconnects_after_gateway_restart_and_misses_nothing() {
 
     browser.close().await.unwrap();
 }
+
+/// What the page knows of its tickets and the gateway's closes.
+#[derive(Debug, Deserialize)]
+struct TicketState {
+    tickets: u64,
+    closes: Vec<Received>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_streams_through_tickets_and_renews_at_token_expiry_without_loss() {
+    let nats = NatsServer::start().unwrap();
+    let gw = ready(&nats, |b| {
+        b.set("jetstream", "enabled", "true")
+            .set("sse", "retry", "\"300ms\"")
+            .set("auth", "enabled", "true")
+            .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
+            .set(
+                "auth",
+                "ticket_secret",
+                "\"a-ticket-secret-for-the-browser-test\"",
+            )
+    })
+    .await;
+    let js = jetstream::new(nats.client().await.unwrap());
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser().await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let short = hs256(serde_json::json!({"subscribe": [TOPIC], "exp": now + 3}));
+    let long = hs256(serde_json::json!({"subscribe": [TOPIC], "exp": now + 600}));
+
+    let url = format!("http://{}/demo?topics={TOPIC}", gw.addr());
+    browser.goto(&url).await.unwrap();
+    wait_page(&browser, &gw, "the page", |_| true).await;
+    let set_token = "document.getElementById('token').value = arguments[0];";
+    browser
+        .execute(set_token, vec![serde_json::json!(short)])
+        .await
+        .unwrap();
+    browser
+        .execute("document.getElementById('connect').click();", Vec::new())
+        .await
+        .unwrap();
+    let page = wait_page(&browser, &gw, "the stream to open", |p| p.opens >= 1).await;
+    assert!(page.url.contains("ticket=…"), "a ticket, elided: {page:?}");
+    assert!(!page.url.contains("access_token"), "{page:?}");
+    for i in 1..=5 {
+        publish_i(&js, i).await;
+    }
+    wait_page(&browser, &gw, "events 1..=5", |p| p.received.len() >= 5).await;
+    // The user logs in again before the first token runs out: the page renews with it.
+    browser
+        .execute(set_token, vec![serde_json::json!(long)])
+        .await
+        .unwrap();
+    for i in 6..=40 {
+        publish_i(&js, i).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = wait_page(&browser, &gw, "events 1..=40", |p| {
+        p.data().iter().filter(|d| !d.starts_with('{')).count() >= 40
+    })
+    .await;
+    let data: Vec<&str> = page
+        .received
+        .iter()
+        .filter(|e| e.event == "message")
+        .map(|e| e.data.as_str())
+        .collect();
+    let want: Vec<String> = (1..=40).map(|i| i.to_string()).collect();
+    assert_eq!(data, want, "exactly 1..=40 in order: {page:?}");
+    assert!(page.resets.is_empty(), "{page:?}");
+    let tickets: TicketState = serde_json::from_value(
+        browser
+            .execute("return window.sseDemo;", Vec::new())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(tickets.tickets >= 2, "a second ticket: {tickets:?}");
+    assert_eq!(tickets.closes.len(), 1, "{tickets:?}");
+    assert_eq!(tickets.closes[0].data, r#"{"reason":"token_expired"}"#);
+    assert_eq!(page.state, "open", "{page:?}");
+    let log = gw.log();
+    assert!(
+        !log.contains(&short) && !log.contains(&long),
+        "tokens stay out of logs"
+    );
+    browser.close().await.unwrap();
+}
