@@ -21,6 +21,7 @@ mod publish;
 mod resume;
 mod routes;
 mod slow;
+mod stream_control;
 mod subscribe;
 mod tokens;
 mod topics;

@@ -258,6 +258,12 @@ impl Authorizer {
         }
     }
 
+    /// The `sub` of a valid token (`None` when it has none); 401 when the token is
+    /// missing or not valid.
+    pub fn subject(&self, token: Option<&str>) -> Result<Option<String>, Denied> {
+        Ok(self.verify(token)?.sub)
+    }
+
     /// Whether tickets are on (`auth.ticket_secret` is set).
     pub fn tickets_enabled(&self) -> bool {
         self.tickets.is_some()

@@ -26,6 +26,7 @@ mod routes;
 mod shutdown;
 mod sse;
 mod state;
+mod stream_control;
 mod tickets;
 mod upstream;
 

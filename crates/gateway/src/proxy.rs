@@ -28,6 +28,7 @@ use crate::publish;
 use crate::routes::Routes;
 use crate::sse::{self, StreamRequest};
 use crate::state::Gateway;
+use crate::stream_control;
 
 /// The public listener's request handling inside Pingora.
 #[derive(Debug)]
@@ -149,7 +150,7 @@ impl ProxyHttp for EdgeProxy {
                     .await?;
                 Ok(true)
             }
-            Target::Publish | Target::Tickets if preflight => {
+            Target::Publish | Target::Tickets | Target::StreamControl if preflight => {
                 edge::preflight(cors, req, "POST, OPTIONS")
                     .send(session)
                     .await?;
@@ -157,6 +158,9 @@ impl ProxyHttp for EdgeProxy {
             }
             Target::Events => self.open_stream(session, client).await,
             Target::Publish => publish::handle(&gateway.publishing, &gateway.cors, session).await,
+            Target::StreamControl => {
+                stream_control::handle(&gateway.streams, &gateway.cors, session).await
+            }
             Target::Tickets => match gateway.streams.tickets() {
                 Some(tickets) => tickets.handle(&gateway.cors, session).await,
                 None => {

@@ -207,7 +207,7 @@ async fn publish(
         })
 }
 
-async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(session: &mut Session, max: usize) -> Result<Bytes, ApiError> {
     let mut body = BytesMut::new();
     loop {
         let chunk = session.read_request_body().await.map_err(|e| {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sse_admission::{Caps, Slot};
 use sse_auth::{Authorizer, Denied, Grant};
-use sse_hub::{BodyFraming, Hub, StreamControl, Subscription, WriterConfig};
+use sse_hub::{BodyFraming, Hub, StreamControl, Subscription, TopicName, WriterConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -41,17 +41,19 @@ pub struct Streams {
     /// Stream caps (global and per client).
     caps: Arc<Caps>,
     /// Who may read which topics, when `[auth]` is on.
-    auth: Option<Arc<Authorizer>>,
+    pub(crate) auth: Option<Arc<Authorizer>>,
     /// Tickets, when `auth.ticket_secret` is set.
     tickets: Option<Tickets>,
     /// Every open stream, for the operator API; the blocks it set.
     pub registry: Arc<Registry>,
     /// `sse.allow_wildcards`.
-    allow_wildcards: bool,
+    pub(crate) allow_wildcards: bool,
     /// `sse.max_topics_per_connection`.
-    max_topics_per_connection: usize,
+    pub(crate) max_topics_per_connection: usize,
+    /// `sse.stream_control`: streams announce their id and take topic changes.
+    pub(crate) stream_control: bool,
     /// `Retry-After` of a 503.
-    retry_after_secs: u64,
+    pub(crate) retry_after_secs: u64,
     metrics: Metrics,
     /// Set on SIGTERM: no stream is admitted any more.
     draining: AtomicBool,
@@ -95,6 +97,7 @@ impl Streams {
             registry: Arc::default(),
             allow_wildcards: sse.allow_wildcards,
             max_topics_per_connection: sse.max_topics_per_connection,
+            stream_control: sse.stream_control,
             retry_after_secs: retry_after_secs(sse),
             metrics,
             draining: AtomicBool::new(false),
@@ -362,16 +365,22 @@ pub fn spawn<S>(
             head,
         } = admitted;
         let started = Instant::now();
-        let control = Arc::new(StreamControl::new(grant.exp.map(instant_of)));
+        let id = StreamId::random();
+        let topics: Vec<TopicName> = sub.topic_names().cloned().collect();
+        let mut control = StreamControl::new(grant.exp.map(instant_of));
+        if streams.stream_control {
+            control = control.with_opening_event(stream_event(id, &topics));
+        }
+        let control = Arc::new(control);
         let listed = streams.registry.register(StreamEntry {
-            id: StreamId::random(),
+            id,
             ip,
             sub: grant.sub,
-            topics: Mutex::new(sub.topic_names().cloned().collect()),
+            topics: Mutex::new(topics),
+            changing: tokio::sync::Mutex::new(()),
             opened_at: SystemTime::now(),
             control: control.clone(),
         });
-        let id = listed.entry().id;
         let report = sse_hub::serve(io, sub, head, framing, &streams.writer, &control).await;
         drop(listed);
         streams.metrics.closed(&report.end);
@@ -388,6 +397,19 @@ pub fn spawn<S>(
         drop((slot, guard, socket));
     });
 }
+
+/// `event: gateway.stream` with the stream's id and topics (protocol §11): no `id:`
+/// line, so it leaves the client's last event id alone.
+fn stream_event(id: StreamId, topics: &[TopicName]) -> Bytes {
+    let names: Vec<&str> = topics.iter().map(TopicName::as_str).collect();
+    let data = serde_json::json!({ "stream": id.to_string(), "topics": names }).to_string();
+    let mut frame = bytes::BytesMut::new();
+    sse_framing::encode_event(&mut frame, None, Some(STREAM_EVENT), &data);
+    frame.freeze()
+}
+
+/// The event a stream opens with when `sse.stream_control` is on.
+pub const STREAM_EVENT: &str = "gateway.stream";
 
 /// Seconds since the Unix epoch now.
 fn unix_now() -> u64 {

@@ -1,14 +1,21 @@
 //! A stream's handle for the world outside its writer: an operator or a token's expiry
-//! can end it (with a reason the client is told), and anyone can read how far it got.
+//! can end it (with a reason the client is told), its topics can be changed while it
+//! streams, and anyone can read how far it got.
 //!
 //! The writer checks the handle in the polls it makes anyway and arms its one timer for
 //! the expiry, so a stream costs no task and no timer more than before.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::Context;
 
 use atomic_waker::AtomicWaker;
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+use crate::subscription::Subscription;
+use crate::topic::TopicName;
 
 /// Why a stream is ended by the gateway while its client still reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +58,22 @@ pub struct StreamControl {
     events_sent: AtomicU64,
     /// Bytes owed to the socket.
     pending_bytes: AtomicU64,
+    /// Topic changes for the writer to apply, and whether there are any.
+    changes: Mutex<Vec<TopicChange>>,
+    has_changes: AtomicBool,
+    /// An event sent right after the opening comment (`gateway.stream`).
+    opening_event: Option<Bytes>,
+}
+
+/// A change of a stream's topics, applied by its writer between two writes.
+#[derive(Debug)]
+pub(crate) struct TopicChange {
+    /// Topics to add: a subscription made for them, positioned when it was made.
+    pub add: Option<Subscription>,
+    /// Topics to stop reading.
+    pub remove: Vec<TopicName>,
+    /// Told the stream's topics once the change is applied.
+    pub done: oneshot::Sender<Vec<TopicName>>,
 }
 
 impl StreamControl {
@@ -60,6 +83,42 @@ impl StreamControl {
             expires_at,
             ..Self::default()
         }
+    }
+
+    /// The same handle, with an event (a complete frame) the stream sends right after its
+    /// opening comment, before anything else.
+    pub fn with_opening_event(mut self, frame: Bytes) -> Self {
+        self.opening_event = Some(frame);
+        self
+    }
+
+    /// The event sent right after the opening comment, if any.
+    pub fn opening_event(&self) -> Option<&Bytes> {
+        self.opening_event.as_ref()
+    }
+
+    /// Asks the stream's writer to stop reading `remove` and to take over `add` (a
+    /// subscription of the same hub made for the topics to add: what they receive from
+    /// the moment it was made reaches the stream). Resolves to the stream's topics once
+    /// the change is applied; fails when the stream ended first.
+    pub fn change_topics(
+        &self,
+        add: Option<Subscription>,
+        remove: Vec<TopicName>,
+    ) -> oneshot::Receiver<Vec<TopicName>> {
+        let (done, applied) = oneshot::channel();
+        self.changes.lock().push(TopicChange { add, remove, done });
+        self.has_changes.store(true, Ordering::Release);
+        self.waker.wake();
+        applied
+    }
+
+    /// The changes waiting for the writer (none without taking the lock, the common case).
+    pub(crate) fn take_changes(&self) -> Vec<TopicChange> {
+        if !self.has_changes.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.changes.lock())
     }
 
     /// Asks the stream to end with `reason`: its client gets `event: gateway.close`, a

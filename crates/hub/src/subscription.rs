@@ -213,6 +213,37 @@ impl Subscription {
         self.cursors.iter().map(|c| &c.topic.name)
     }
 
+    /// Takes over the topics of `other` (a subscription of the same hub, made just now
+    /// for topics this stream adds): its cursors join this stream's at the position
+    /// they were made at, so the stream gets what those topics receive from then on,
+    /// merged in sequence order with the rest. Topics this stream already reads are
+    /// released instead.
+    pub fn absorb(&mut self, mut other: Subscription) {
+        for cursor in std::mem::take(&mut other.cursors) {
+            if self
+                .cursors
+                .iter()
+                .any(|c| c.topic.name == cursor.topic.name)
+            {
+                cursor.topic.release(&self.hub.inner);
+            } else {
+                self.cursors.push(cursor);
+            }
+        }
+    }
+
+    /// Stops reading `topics` (those it does not read are ignored) and releases them.
+    pub fn remove_topics(&mut self, topics: &[TopicName]) {
+        let hub = self.hub.clone();
+        self.cursors.retain(|c| {
+            let keep = !topics.contains(&c.topic.name);
+            if !keep {
+                c.topic.release(&hub.inner);
+            }
+            keep
+        });
+    }
+
     /// The hub this subscription belongs to.
     pub fn hub(&self) -> &Hub {
         &self.hub

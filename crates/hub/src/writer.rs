@@ -229,6 +229,9 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         sse_framing::encode_retry(&mut body, millis(self.config.retry));
         sse_framing::encode_comment(&mut body, "connected");
         body.extend_from_slice(b"\n");
+        if let Some(event) = self.control.opening_event() {
+            body.extend_from_slice(event);
+        }
         let reset = self.sub.take_reset();
         if let Some(reset) = &reset {
             body.extend_from_slice(reset);
@@ -248,6 +251,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         {
             self.begin_close(Ending::Closed(reason));
         }
+        self.apply_topic_changes();
         for _ in 0..MAX_ROUNDS {
             if matches!(self.phase, Phase::Streaming) && self.sub.is_closing() {
                 let spread = self.config.drain_spread.mul_f64(fastrand::f64());
@@ -304,6 +308,18 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         // Busy stream: let other tasks run, come back at once.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Applies the topic changes asked for through the control (between writes: what is
+    /// owed is references to frames, not positions, so nothing owed is affected).
+    fn apply_topic_changes(&mut self) {
+        for change in self.control.take_changes() {
+            self.sub.remove_topics(&change.remove);
+            if let Some(add) = change.add {
+                self.sub.absorb(add);
+            }
+            let _ = change.done.send(self.sub.topic_names().cloned().collect());
+        }
     }
 
     /// Whether the stream was closed through its control or its token expired (the

@@ -37,6 +37,9 @@ pub struct RawSse {
     pub allow_wildcards: bool,
     /// Topic families held upstream by one wildcard subscription each.
     pub aggregate: Vec<String>,
+    /// Streams announce their id (`gateway.stream`) and take topic changes
+    /// (`POST /streams/{id}`).
+    pub stream_control: bool,
 }
 
 impl Default for RawSse {
@@ -52,6 +55,7 @@ impl Default for RawSse {
             max_topics_per_connection: 16,
             topic_linger: Duration::from_secs(30),
             allow_wildcards: false,
+            stream_control: false,
             aggregate: Vec::new(),
         }
     }
@@ -82,6 +86,8 @@ pub struct SseSettings {
     pub allow_wildcards: bool,
     /// Topic families held upstream by one wildcard subscription each (none overlap).
     pub aggregate: Vec<TopicName>,
+    /// Live topic changes (protocol §11).
+    pub stream_control: bool,
 }
 
 /// Largest `replay_window` / `client_buffer` accepted (frames per topic / per client).
@@ -149,6 +155,7 @@ pub(super) fn validate(sse: RawSse) -> Result<SseSettings, ConfigError> {
         topic_linger: sse.topic_linger,
         allow_wildcards: sse.allow_wildcards,
         aggregate: families(&sse.aggregate)?,
+        stream_control: sse.stream_control,
     };
     if u64::try_from(sse.retry.as_millis()).is_err() {
         return Err(invalid("sse.retry", "is too long"));

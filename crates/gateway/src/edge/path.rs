@@ -10,6 +10,7 @@
 use crate::publish::is_publish_path;
 use crate::request::is_events_path;
 use crate::routes::Routes;
+use crate::stream_control::is_stream_control_path;
 use crate::tickets::TICKETS_PATH;
 
 use super::error::ApiError;
@@ -26,6 +27,8 @@ pub enum Target {
     Publish,
     /// `POST /tickets`.
     Tickets,
+    /// `POST /streams/{id}`: a stream's topics change.
+    StreamControl,
     /// The demo page.
     Demo,
     /// A reverse-proxy route (its index in [`Routes`]).
@@ -42,6 +45,8 @@ pub fn target(path: &str, routes: &Routes) -> Target {
         Target::Publish
     } else if path == TICKETS_PATH {
         Target::Tickets
+    } else if is_stream_control_path(path) {
+        Target::StreamControl
     } else if path == DEMO_PATH {
         Target::Demo
     } else if let Some(index) = routes.index_of(path) {

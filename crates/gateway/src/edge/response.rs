@@ -93,8 +93,17 @@ impl Response {
 
     /// A JSON body (`202 {"id": …}` and the like), never cached.
     pub fn json(status: u16, value: &serde_json::Value) -> Self {
+        Self::json_of(status, value)
+    }
+
+    /// A JSON answer serialised straight from `value` (no intermediate JSON tree).
+    pub fn json_of(status: u16, value: &impl serde::Serialize) -> Self {
+        let body = serde_json::to_vec(value).unwrap_or_else(|e| {
+            format!(r#"{{"error":"internal","message":"cannot serialise the answer: {e}"}}"#)
+                .into_bytes()
+        });
         Self::new(status)
-            .with_body("application/json", Bytes::from(value.to_string()))
+            .with_body("application/json", Bytes::from(body))
             .with_header("Cache-Control", "no-store")
     }
 

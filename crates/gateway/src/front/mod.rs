@@ -253,7 +253,7 @@ impl Http1<'_> {
         let preflight = head.method == "OPTIONS";
         let answer = match target {
             Target::Events if preflight => edge::preflight(cors, head, "GET, OPTIONS"),
-            Target::Publish | Target::Tickets if preflight => {
+            Target::Publish | Target::Tickets | Target::StreamControl if preflight => {
                 edge::preflight(cors, head, "POST, OPTIONS")
             }
             Target::Events => {
@@ -278,7 +278,7 @@ impl Http1<'_> {
                     }
                 }
             }
-            Target::Publish | Target::Tickets | Target::Route(_) => {
+            Target::Publish | Target::Tickets | Target::StreamControl | Target::Route(_) => {
                 return self.hand_off(stream, head, keep_alive).await;
             }
             Target::Demo => edge::demo(head),

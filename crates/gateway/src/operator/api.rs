@@ -21,8 +21,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
-use serde_json::{Value, json};
-use sse_hub::{CloseReason, Hub};
+use serde::Serialize;
+use sse_hub::{CloseReason, Hub, TopicInfo};
 
 use super::registry::{BlockKey, Filter, Registry, StreamEntry, StreamId};
 use crate::config::Secret;
@@ -64,12 +64,12 @@ impl OperatorApi<'_> {
     /// Answers one call.
     pub fn answer(&self, call: Call<'_>) -> Response {
         match self.route(call) {
-            Ok(body) => Response::json(200, &body).with_header("Cache-Control", "no-store"),
+            Ok(answer) => answer,
             Err(e) => Response::error(&e),
         }
     }
 
-    fn route(&self, call: Call<'_>) -> Result<Value, ApiError> {
+    fn route(&self, call: Call<'_>) -> Result<Response, ApiError> {
         self.authorize(call.authorization)?;
         let rest = call.path.strip_prefix(API_PREFIX).unwrap_or_default();
         let query = Query::parse(call.query)?;
@@ -109,7 +109,7 @@ impl OperatorApi<'_> {
         }
     }
 
-    fn topics(&self, query: &Query) -> Result<Value, ApiError> {
+    fn topics(&self, query: &Query) -> Result<Response, ApiError> {
         query.only(&["limit"])?;
         let mut topics = self.hub.topics();
         topics.sort_unstable_by(|(a_name, a), (b_name, b)| {
@@ -118,22 +118,22 @@ impl OperatorApi<'_> {
                 .then_with(|| a_name.as_str().cmp(b_name.as_str()))
         });
         topics.truncate(query.limit()?);
-        let list: Vec<Value> = topics
+        let topics: Vec<TopicView<'_>> = topics
             .iter()
-            .map(|(name, info)| topic_json(name.as_str(), info))
+            .map(|(name, info)| TopicView::of(name.as_str(), info))
             .collect();
-        Ok(json!({ "topics": list }))
+        Ok(Response::json_of(200, &TopicList { topics }))
     }
 
-    fn topic(&self, topic: &str) -> Result<Value, ApiError> {
+    fn topic(&self, topic: &str) -> Result<Response, ApiError> {
         let info = self
             .hub
             .topic_info(topic)
             .ok_or_else(|| ApiError::not_found_named("topic", topic))?;
-        Ok(topic_json(topic, &info))
+        Ok(Response::json_of(200, &TopicView::of(topic, &info)))
     }
 
-    fn streams(&self, query: &Query) -> Result<Value, ApiError> {
+    fn streams(&self, query: &Query) -> Result<Response, ApiError> {
         query.only(&["topic", "sub", "ip", "limit", "after"])?;
         let filter = query.filter()?.unwrap_or(Filter::All);
         let after = match query.get("after") {
@@ -143,16 +143,12 @@ impl OperatorApi<'_> {
                     .ok_or_else(|| ApiError::bad_request("bad_query", "after: not a stream id"))?,
             ),
         };
-        let list: Vec<Value> = self
-            .registry
-            .select(&filter, after, query.limit()?)
-            .iter()
-            .map(|e| stream_json(e))
-            .collect();
-        Ok(json!({ "streams": list }))
+        let entries = self.registry.select(&filter, after, query.limit()?);
+        let streams: Vec<StreamView> = entries.iter().map(|e| StreamView::of(e)).collect();
+        Ok(Response::json_of(200, &StreamList { streams }))
     }
 
-    fn close(&self, query: &Query) -> Result<Value, ApiError> {
+    fn close(&self, query: &Query) -> Result<Response, ApiError> {
         query.only(&["topic", "sub", "ip", "block"])?;
         let Some(filter) = query.filter()? else {
             return Err(ApiError::bad_request(
@@ -175,10 +171,10 @@ impl OperatorApi<'_> {
         }
         let closed = self.registry.close(&filter, CloseReason::Revoked);
         tracing::info!(?filter, closed, "operator closed streams");
-        Ok(json!({ "closed": closed }))
+        Ok(Response::json_of(200, &Closed { closed }))
     }
 
-    fn close_one(&self, id: &str, query: &Query) -> Result<Value, ApiError> {
+    fn close_one(&self, id: &str, query: &Query) -> Result<Response, ApiError> {
         query.only(&["block"])?;
         let entry = StreamId::parse(id)
             .and_then(|id| self.registry.get(&id))
@@ -192,31 +188,74 @@ impl OperatorApi<'_> {
         }
         let closed = usize::from(entry.control.close(CloseReason::Revoked));
         tracing::info!(stream = %entry.id, closed, "operator closed a stream");
-        Ok(json!({ "closed": closed }))
+        Ok(Response::json_of(200, &Closed { closed }))
     }
 }
 
-fn topic_json(topic: &str, info: &sse_hub::TopicInfo) -> Value {
-    json!({
-        "topic": topic,
-        "subscribers": info.subscribers,
-        "ring_frames": info.ring_frames,
-        "ring_bytes": info.ring_bytes,
-        "last_id": info.last_id,
-    })
+/// `{"topics":[…]}`
+#[derive(Serialize)]
+struct TopicList<'a> {
+    topics: Vec<TopicView<'a>>,
 }
 
-fn stream_json(e: &StreamEntry) -> Value {
-    let topics: Vec<String> = e.topics().iter().map(|t| t.as_str().to_owned()).collect();
-    json!({
-        "id": e.id.to_string(),
-        "ip": e.ip.to_string(),
-        "sub": e.sub,
-        "topics": topics,
-        "opened_at": humantime::format_rfc3339_seconds(e.opened_at).to_string(),
-        "events_sent": e.control.events_sent(),
-        "pending_bytes": e.control.pending_bytes(),
-    })
+/// One topic, as the API shows it.
+#[derive(Serialize)]
+struct TopicView<'a> {
+    topic: &'a str,
+    subscribers: usize,
+    ring_frames: usize,
+    ring_bytes: u64,
+    last_id: Option<&'a str>,
+}
+
+impl<'a> TopicView<'a> {
+    fn of(topic: &'a str, info: &'a TopicInfo) -> Self {
+        Self {
+            topic,
+            subscribers: info.subscribers,
+            ring_frames: info.ring_frames,
+            ring_bytes: info.ring_bytes,
+            last_id: info.last_id.as_deref(),
+        }
+    }
+}
+
+/// `{"streams":[…]}`
+#[derive(Serialize)]
+struct StreamList {
+    streams: Vec<StreamView>,
+}
+
+/// One stream, as the API shows it.
+#[derive(Serialize)]
+struct StreamView {
+    id: String,
+    ip: String,
+    sub: Option<String>,
+    topics: Vec<String>,
+    opened_at: String,
+    events_sent: u64,
+    pending_bytes: u64,
+}
+
+impl StreamView {
+    fn of(e: &StreamEntry) -> Self {
+        Self {
+            id: e.id.to_string(),
+            ip: e.ip.to_string(),
+            sub: e.sub.clone(),
+            topics: e.topics().iter().map(|t| t.as_str().to_owned()).collect(),
+            opened_at: humantime::format_rfc3339_seconds(e.opened_at).to_string(),
+            events_sent: e.control.events_sent(),
+            pending_bytes: e.control.pending_bytes(),
+        }
+    }
+}
+
+/// `{"closed":N}`
+#[derive(Serialize)]
+struct Closed {
+    closed: usize,
 }
 
 fn decode(raw: &str) -> Result<String, ApiError> {

@@ -78,6 +78,8 @@ pub struct StreamEntry {
     pub sub: Option<String>,
     /// Its topics.
     pub topics: Mutex<Vec<TopicName>>,
+    /// Held while its topics change: one change at a time.
+    pub changing: tokio::sync::Mutex<()>,
     /// When it was admitted.
     pub opened_at: SystemTime,
     /// Closes it; counts what it sent.
@@ -85,6 +87,11 @@ pub struct StreamEntry {
 }
 
 impl StreamEntry {
+    /// Records its topics after a change.
+    pub fn set_topics(&self, topics: Vec<TopicName>) {
+        *self.topics.lock().unwrap_or_else(PoisonError::into_inner) = topics;
+    }
+
     /// Its topics now.
     pub fn topics(&self) -> Vec<TopicName> {
         self.topics
@@ -251,6 +258,7 @@ pub struct Registered {
 
 impl Registered {
     /// The stream's entry.
+    #[cfg(test)]
     pub fn entry(&self) -> &Arc<StreamEntry> {
         &self.entry
     }
@@ -277,6 +285,7 @@ mod tests {
                     .map(|t| TopicName::parse(t, false).unwrap())
                     .collect(),
             ),
+            changing: tokio::sync::Mutex::new(()),
             opened_at: SystemTime::now(),
             control: Arc::default(),
         }

@@ -742,3 +742,40 @@ async fn a_stream_closed_while_its_socket_is_full_is_still_bounded_by_the_write_
         report.end
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn topics_change_while_the_stream_streams_and_the_opening_event_comes_first() {
+    let (hub, feed) = hub_with(16, 8);
+    let control = Arc::new(
+        StreamControl::new(None)
+            .with_opening_event(Bytes::from_static(b"event: gateway.stream\ndata: {}\n\n")),
+    );
+    let (mut client, _task) = spawn_controlled(&hub, "a", 4096, config(), control.clone());
+    let opening = read_some(&mut client).await;
+    assert!(
+        opening.ends_with(b": connected\n\nevent: gateway.stream\ndata: {}\n\n\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&opening)
+    );
+    feed.ingest(&topic("b"), msg("b before"));
+    let added = hub.subscribe(&[topic("b")], None).unwrap();
+    let topics = control
+        .change_topics(Some(added), vec![topic("a")])
+        .await
+        .unwrap();
+    assert_eq!(topics, vec![topic("b")]);
+    assert_eq!(hub.subscriber_count("a"), 0, "a was released");
+    assert_eq!(hub.subscriber_count("b"), 1);
+    feed.ingest(&topic("a"), msg("a after"));
+    feed.ingest(&topic("b"), msg("b after"));
+    let got = chunks(&read_some(&mut client).await).concat();
+    assert_eq!(String::from_utf8_lossy(&got), "id: t-2\ndata: b after\n\n");
+    // Adding a topic it reads already changes nothing.
+    let again = hub.subscribe(&[topic("b")], None).unwrap();
+    let topics = control
+        .change_topics(Some(again), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(topics, vec![topic("b")]);
+    assert_eq!(hub.subscriber_count("b"), 1);
+}
