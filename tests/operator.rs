@@ -1,7 +1,7 @@
 //! The operator API on the admin listener (protocol §11) and `sse-gateway ctl`: topics
 //! and streams as they are, closing a user's streams and blocking them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sse_testkit::http;
@@ -10,22 +10,12 @@ use crate::support::*;
 
 const ADMIN_TOKEN: &str = "an-admin-token-for-the-tests";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn with_admin(b: GatewayBuilder) -> GatewayBuilder {
     b.set("admin", "token", &format!("\"{ADMIN_TOKEN}\""))
 }
 
 fn with_auth(b: GatewayBuilder) -> GatewayBuilder {
-    with_admin(b)
-        .set("auth", "enabled", "true")
-        .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
-        .set("auth", "public_topics", "[\"news.>\"]")
+    auth_on(with_admin(b))
 }
 
 /// An operator call with the admin token.
@@ -299,19 +289,7 @@ async fn kicking_a_sub_closes_exactly_its_streams_and_block_refuses_it() {
         400
     );
     // Public topics, read without a token, are not blocked for u1's address.
-    let mut public = open(&gw, "/events/news.now").await;
-    let jwt = hs256(json!({"publish": [">"], "exp": now() + 600}));
-    let r = http::request(
-        gw.addr(),
-        "POST",
-        "/publish/news.now",
-        &[("Authorization", &format!("Bearer {jwt}"))],
-        b"still here",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 202);
-    assert_eq!(public.next_event(WAIT).await.unwrap().data, "still here");
+    a_normal_client_still_streams_with_auth(&gw).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,29 +2,17 @@
 //! `gateway.stream` (its id and topics) and `POST /streams/{id}` adds and removes topics
 //! while it streams, under the rules, caps and credentials of subscribing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value, json};
 use sse_testkit::http;
 
 use crate::support::*;
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn controlled(b: GatewayBuilder) -> GatewayBuilder {
     b.set("sse", "stream_control", "true")
 }
 
 fn with_auth(b: GatewayBuilder) -> GatewayBuilder {
-    controlled(b)
-        .set("auth", "enabled", "true")
-        .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
-        .set("auth", "public_topics", "[\"news.>\"]")
+    auth_on(controlled(b))
 }
 
 /// Reads the opening `gateway.stream` event: the stream's id and topics.

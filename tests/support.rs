@@ -98,6 +98,45 @@ pub async fn publish_stored(
     .unwrap();
 }
 
+/// Seconds since the Unix epoch now (for `exp` claims).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// `[auth]` on with [`AUTH_SECRET`] (HS256); `news.>` is public.
+pub fn auth_on(b: GatewayBuilder) -> GatewayBuilder {
+    b.set("auth", "enabled", "true")
+        .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
+        .set("auth", "public_topics", "[\"news.>\"]")
+}
+
+/// With auth on: a client reading the public `news.check` gets what a service with a
+/// publishing token sends there.
+pub async fn a_normal_client_still_streams_with_auth(gw: &Gateway) {
+    let jwt = hs256(serde_json::json!({"publish": [">"], "exp": now() + 600}));
+    let mut s = open(gw, "/events/news.check").await;
+    let r = http::request(
+        gw.addr(),
+        "POST",
+        "/publish/news.check",
+        &[("Authorization", &format!("Bearer {jwt}"))],
+        b"still here",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 202, "{}", r.text());
+    let e = loop {
+        let e = s.next_event(WAIT).await.unwrap();
+        if e.event.as_deref() != Some("gateway.stream") {
+            break e;
+        }
+    };
+    assert_eq!(e.data, "still here");
+}
+
 /// The HS256 secret of the black-box tests' `[auth]`.
 pub const AUTH_SECRET: &str = "an-hs256-secret-for-the-black-box-tests";
 

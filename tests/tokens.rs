@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_nats::jetstream;
 use serde_json::json;
@@ -16,18 +16,9 @@ use crate::support::*;
 /// The ticket secret of these tests.
 const TICKET_SECRET: &str = "a-ticket-secret-for-the-black-box-tests";
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
 fn with_tickets(b: GatewayBuilder) -> GatewayBuilder {
-    b.set("auth", "enabled", "true")
-        .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
+    auth_on(b)
         .set("auth", "ticket_secret", &format!("\"{TICKET_SECRET}\""))
-        .set("auth", "public_topics", "[\"news.>\"]")
         .set("sse", "retry", "\"200ms\"")
         .env("RUST_LOG", "debug")
 }
@@ -71,24 +62,6 @@ async fn ticket(gw: &Gateway, jwt: &str) -> String {
     let expires_in = body["expires_in"].as_u64().unwrap();
     assert!((1..=30).contains(&expires_in), "{body}");
     body["ticket"].as_str().unwrap().to_owned()
-}
-
-/// With auth on: a client with a token for `news.check` gets what is published there.
-async fn a_normal_client_still_streams_with_auth(gw: &Gateway) {
-    let jwt = token("checker", &["news.check"], now() + 600);
-    let mut s = open_with(gw, "/events/news.check", &[]).await;
-    assert_eq!(s.status(), 200);
-    let r = http::request(
-        gw.addr(),
-        "POST",
-        "/publish/news.check",
-        &[("Authorization", &format!("Bearer {jwt}"))],
-        b"still here",
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(s.next_event(WAIT).await.unwrap().data, "still here");
 }
 
 /// The close frame, the `retry:` and the end: what a stream ended for `reason` shows
@@ -179,24 +152,41 @@ fn publish_numbers(
     })
 }
 
-/// Reads `path` with tokens that expire every 2 s, renewing each time with a fresh one
-/// and the last id, until it has `n` events; returns their values and how many streams
-/// ended with `token_expired`.
-async fn read_renewing(gw: &Gateway, path: &str, topic: &str, n: u64) -> (Vec<u64>, usize) {
+/// Opens `path` with a token for `topic` that expires in 2 s (or less), resuming after
+/// `last_id` when given.
+async fn open_briefly(gw: &Gateway, path: &str, topic: &str, last_id: Option<&str>) -> SseStream {
+    let jwt = token("u1", &[topic], now() + 2);
+    let bearer = format!("Bearer {jwt}");
+    let mut headers = vec![("Authorization", bearer.as_str())];
+    if let Some(id) = last_id {
+        headers.push(("Last-Event-ID", id));
+    }
+    let s = open_with(gw, path, &headers).await;
+    assert_eq!(s.status(), 200);
+    s
+}
+
+/// Reads `first` (opened with [`open_briefly`] before anything was published) and, each
+/// time its token expires, `path` again with a fresh token and the last id, until it has
+/// `n` events; returns their values and how many streams ended with `token_expired`.
+async fn read_renewing(
+    gw: &Gateway,
+    first: SseStream,
+    path: &str,
+    topic: &str,
+    n: u64,
+) -> (Vec<u64>, usize) {
     let mut values = Vec::new();
     let mut last_id: Option<String> = None;
     let mut expiries = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next = Some(first);
     while values.last() != Some(&n) {
         assert!(Instant::now() < deadline, "stuck at {values:?}");
-        let jwt = token("u1", &[topic], now() + 2);
-        let bearer = format!("Bearer {jwt}");
-        let mut headers = vec![("Authorization", bearer.as_str())];
-        if let Some(id) = &last_id {
-            headers.push(("Last-Event-ID", id.as_str()));
-        }
-        let mut s = open_with(gw, path, &headers).await;
-        assert_eq!(s.status(), 200);
+        let mut s = match next.take() {
+            Some(s) => s,
+            None => open_briefly(gw, path, topic, last_id.as_deref()).await,
+        };
         while let Ok(Some(item)) = s.next_item(Duration::from_secs(5)).await {
             let Item::Event(e) = item else { continue };
             if e.event.as_deref() == Some("gateway.close") {
@@ -233,9 +223,10 @@ async fn resume_with_a_fresh_token_loses_nothing(jetstream: bool) {
     )
     .await;
     assert_eq!(first.status(), 200);
+    let renewing = open_briefly(&gw, "/events/renew", "renew", None).await;
     let progress = Arc::new(AtomicU64::new(0));
     let publishing = publish_numbers(&nats, "sse.renew", N, jetstream, progress);
-    let (values, expiries) = read_renewing(&gw, "/events/renew", "renew", N).await;
+    let (values, expiries) = read_renewing(&gw, renewing, "/events/renew", "renew", N).await;
     publishing.await.unwrap();
     assert_eq!(
         values,
