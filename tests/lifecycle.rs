@@ -81,6 +81,7 @@ async fn every_spec_metric_is_exposed_at_start_up() {
         "sse_delivery_latency_seconds",
         "sse_ring_bytes",
         "sse_pending_bytes",
+        "sse_streams_closed_total",
     ] {
         assert!(m.names().contains(name), "{name} missing");
     }
@@ -109,6 +110,30 @@ async fn every_spec_metric_is_exposed_at_start_up() {
         ),
         Some(0.0)
     );
+    for reason in [
+        "client_gone",
+        "slow_consumer",
+        "write_timeout",
+        "token_expired",
+        "revoked",
+        "shutdown",
+    ] {
+        assert_eq!(
+            m.get("sse_streams_closed_total", &[("reason", reason)]),
+            Some(0.0),
+            "{reason}"
+        );
+    }
+    // A client that leaves is counted as gone.
+    let s = open(&gw, "/events/gone").await;
+    drop(s);
+    wait_metric(
+        &gw,
+        "sse_streams_closed_total",
+        &[("reason", "client_gone")],
+        1.0,
+    )
+    .await;
     assert_eq!(m.get("sse_ring_bytes", &[]), Some(0.0));
     assert_eq!(m.get("sse_pending_bytes", &[]), Some(0.0));
     assert_eq!(m.get("sse_delivery_latency_seconds_count", &[]), Some(0.0));

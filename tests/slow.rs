@@ -44,6 +44,13 @@ async fn a_stalled_client_is_cut_while_a_reader_gets_everything() {
     sorted.dedup();
     assert_eq!(sorted.len(), N, "no duplicates");
     wait_metric(&gw, "sse_slow_consumer_disconnects_total", &[], 1.0).await;
+    wait_metric(
+        &gw,
+        "sse_streams_closed_total",
+        &[("reason", "slow_consumer")],
+        1.0,
+    )
+    .await;
     let dropped = metric(
         &gw,
         "sse_events_dropped_total",
@@ -80,6 +87,13 @@ async fn a_client_that_stops_reading_hits_the_write_timeout() {
             .unwrap();
     }
     wait_metric(&gw, "sse_write_timeout_disconnects_total", &[], 1.0).await;
+    wait_metric(
+        &gw,
+        "sse_streams_closed_total",
+        &[("reason", "write_timeout")],
+        1.0,
+    )
+    .await;
     wait_metric(&gw, "sse_connections_active", &[], 0.0).await;
     assert_eq!(
         metric(&gw, "sse_slow_consumer_disconnects_total", &[]).await,
