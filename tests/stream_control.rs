@@ -83,6 +83,10 @@ async fn topics_added_and_removed_while_the_stream_streams() {
     let got = s.events(2, WAIT).await.unwrap();
     let data: Vec<&str> = got.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(data, ["after", "a too"]);
+    // Each event names its topic in a comment (EventSource ignores it).
+    let raw = String::from_utf8_lossy(s.raw_body()).into_owned();
+    assert!(raw.contains(": topic live.b\ndata: after\n\n"), "{raw}");
+    assert!(raw.contains(": topic live.a\ndata: a too\n\n"), "{raw}");
     // A new topic nobody held: subscribed upstream before the 200.
     let r = change(
         &gw,

@@ -453,11 +453,11 @@ impl Log {
         };
         let result = async {
             loop {
-                source.refill(upto, &keep).await?;
-                let Some((seq, msg)) = source.buffered.pop_front() else {
+                source.refill(upto, &keep, topic_start).await?;
+                let Some((seq, topic, msg)) = source.buffered.pop_front() else {
                     return Ok(());
                 };
-                if sink.message(seq, msg).await.is_err() {
+                if sink.message(seq, topic, msg).await.is_err() {
                     return Ok(());
                 }
             }
@@ -513,7 +513,8 @@ fn server_version(version: &str) -> (u64, u64) {
 /// A replay's consumer, fetched in batches.
 struct Source {
     consumer: jetstream::consumer::Consumer<pull::Config>,
-    buffered: VecDeque<(u64, Incoming)>,
+    /// Sequence, topic (the subject without the prefix), message.
+    buffered: VecDeque<(u64, String, Incoming)>,
     done: bool,
 }
 
@@ -525,6 +526,7 @@ impl Source {
         &mut self,
         upto: u64,
         keep: &impl Fn(&str) -> bool,
+        topic_start: usize,
     ) -> Result<(), async_nats::Error> {
         while !self.done && self.buffered.is_empty() {
             let mut batch = self
@@ -548,8 +550,12 @@ impl Source {
                 if keep(&message.subject) {
                     // A replayed message is timed from when it was read back: its
                     // latency is the replay's, not the age of the history it comes from.
-                    self.buffered
-                        .push_back((seq, incoming(&message, Instant::now())));
+                    let topic = message.subject.get(topic_start..).unwrap_or_default();
+                    self.buffered.push_back((
+                        seq,
+                        topic.to_owned(),
+                        incoming(&message, Instant::now()),
+                    ));
                 }
             }
             if got == 0 {

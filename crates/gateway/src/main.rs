@@ -218,6 +218,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         topic_linger: config.sse.topic_linger,
         max_subscribers_per_topic: usize::try_from(config.limits.max_subscribers_per_topic)
             .unwrap_or(usize::MAX),
+        // A client sharing one stream between tabs routes events by their topic.
+        topic_comments: config.sse.stream_control,
     };
     // With JetStream the ids follow the stream (its epoch is set once it is found).
     let epoch = if config.jetstream.is_some() {

@@ -70,6 +70,10 @@ pub struct HubConfig {
     pub topic_linger: Duration,
     /// Streams one topic may have at once.
     pub max_subscribers_per_topic: usize,
+    /// Every event frame names its topic in a comment line (`: topic <name>`), which
+    /// `EventSource` ignores and a client sharing one stream between several consumers
+    /// routes by (`sse.stream_control`).
+    pub topic_comments: bool,
 }
 
 impl Default for HubConfig {
@@ -84,6 +88,7 @@ impl Default for HubConfig {
             max_topics: 100_000,
             topic_linger: Duration::from_secs(30),
             max_subscribers_per_topic: 100_000,
+            topic_comments: false,
         }
     }
 }

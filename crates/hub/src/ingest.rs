@@ -41,7 +41,18 @@ impl Hub {
         data: &str,
         event_type: Option<&str>,
     ) -> Result<usize, FrameTooLarge> {
-        self.frame_size(sse_framing::encoded_event_len(None, event_type, data))
+        // The longest topic comment the frame may get.
+        let comment = if self.inner.config.topic_comments {
+            TOPIC_COMMENT.len() + sse_topic::MAX_TOPIC_LEN + 1
+        } else {
+            0
+        };
+        self.frame_size(comment + sse_framing::encoded_event_len(None, event_type, data))
+    }
+
+    /// The topic comment of a frame of `topic`, when frames carry one.
+    fn topic_comment<'t>(&self, topic: &'t str) -> Option<&'t str> {
+        self.inner.config.topic_comments.then_some(topic)
     }
 
     /// The largest size a frame of `body` bytes (all but the id line) can have, if the
@@ -61,7 +72,8 @@ impl Hub {
     /// when it is larger than the hub takes.
     fn prepare(&self, topic: &str, msg: &Incoming, data: &str, seq_hint: u64) -> Option<Prepared> {
         let event = msg.event_type.as_deref();
-        let body = sse_framing::encoded_event_len(None, event, data);
+        let comment = self.topic_comment(topic);
+        let body = comment_len(comment) + sse_framing::encoded_event_len(None, event, data);
         if let Err(e) = self.frame_size(body) {
             self.inner.metrics.dropped_too_large.inc();
             tracing::debug!(
@@ -73,11 +85,11 @@ impl Hub {
             return None;
         }
         if body < ENCODE_BEFORE_LOCK {
-            return Some(Prepared::Small { body });
+            return Some(Prepared::Small);
         }
         let epoch_len = self.inner.epoch.read().as_str().len();
         Some(Prepared::Large(Unnumbered::encode(
-            epoch_len, seq_hint, body, event, data,
+            epoch_len, seq_hint, body, comment, event, data,
         )))
     }
 
@@ -156,8 +168,8 @@ impl Hub {
         self.inner.ingest.lock().budget.total()
     }
 
-    /// Encodes a frame of this hub's epoch (replays from a durable log).
-    pub(crate) fn encode_logged(&self, seq: u64, msg: &Incoming) -> Option<Bytes> {
+    /// Encodes a frame of this hub's epoch for `topic` (replays from a durable log).
+    pub(crate) fn encode_logged(&self, seq: u64, topic: &str, msg: &Incoming) -> Option<Bytes> {
         let data = std::str::from_utf8(&msg.payload).ok()?;
         if msg
             .event_type
@@ -167,7 +179,8 @@ impl Hub {
             return None;
         }
         let mut ids = IdFormatter::new(&self.epoch());
-        Some(encode_event(&mut ids, seq, msg.event_type.as_deref(), data))
+        let comment = self.topic_comment(topic);
+        Some(encode_event(&mut ids, seq, comment, msg.event_type.as_deref(), data))
     }
 }
 
@@ -207,7 +220,8 @@ impl Feed {
             }
             ingest.seq += 1;
             let seq = ingest.seq;
-            let frame = body.frame(&mut ingest.ids, seq, &msg, data);
+            let comment = self.hub.topic_comment(topic.name.as_str());
+            let frame = body.frame(&mut ingest.ids, seq, comment, &msg, data);
             let entry = Entry {
                 seq,
                 frame,
@@ -384,7 +398,8 @@ impl Feed {
         let outcome = match body {
             Err(outcome) => outcome,
             Ok((body, data)) => {
-                let frame = body.frame(&mut ingest.ids, seq, &msg, data);
+                let comment = self.hub.topic_comment(subject);
+                let frame = body.frame(&mut ingest.ids, seq, comment, &msg, data);
                 for topic in &topics {
                     if topic.retired.load(Ordering::Acquire) {
                         continue;
@@ -432,16 +447,39 @@ fn is_publisher_event_type(event: &str) -> bool {
     sse_topic::check_publisher_event_type(event).is_ok()
 }
 
-/// One event frame: `id: <epoch>-<seq>`, optional `event:`, `data:` lines.
+/// The comment line naming a frame's topic: `: topic <name>`.
+const TOPIC_COMMENT: &str = ": topic ";
+
+fn comment_len(topic: Option<&str>) -> usize {
+    topic.map_or(0, |t| TOPIC_COMMENT.len() + t.len() + 1)
+}
+
+/// Appends `: topic <name>` when there is a topic to name.
+fn put_topic_comment(out: &mut BytesMut, topic: Option<&str>) {
+    if let Some(topic) = topic {
+        out.extend_from_slice(TOPIC_COMMENT.as_bytes());
+        out.extend_from_slice(topic.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+}
+
+/// One event frame: `id: <epoch>-<seq>`, the topic comment when given, optional
+/// `event:`, `data:` lines.
 pub(crate) fn encode_event(
     ids: &mut IdFormatter,
     seq: u64,
+    topic: Option<&str>,
     event: Option<&str>,
     data: &str,
 ) -> Bytes {
     let id = ids.format(seq);
-    let mut frame = BytesMut::with_capacity(sse_framing::encoded_event_len(Some(id), event, data));
-    sse_framing::encode_event(&mut frame, Some(id), event, data);
+    let len = "id: ".len() + id.len() + 1 + comment_len(topic);
+    let mut frame = BytesMut::with_capacity(len + sse_framing::encoded_event_len(None, event, data));
+    frame.extend_from_slice(b"id: ");
+    frame.extend_from_slice(id.as_bytes());
+    frame.extend_from_slice(b"\n");
+    put_topic_comment(&mut frame, topic);
+    sse_framing::encode_event(&mut frame, None, event, data);
     frame.freeze()
 }
 
@@ -469,21 +507,23 @@ const ENCODE_BEFORE_LOCK: usize = 16 * 1024;
 /// A message's frame, ready to be numbered under the ingest lock.
 enum Prepared {
     /// Encoded under the lock; `body` bytes after the id line.
-    Small { body: usize },
+    Small,
     /// Encoded already.
     Large(Unnumbered),
 }
 
 impl Prepared {
-    /// The frame of sequence `seq`.
-    fn frame(self, ids: &mut IdFormatter, seq: u64, msg: &Incoming, data: &str) -> Bytes {
+    /// The frame of sequence `seq` (naming `topic` in a comment when given).
+    fn frame(
+        self,
+        ids: &mut IdFormatter,
+        seq: u64,
+        topic: Option<&str>,
+        msg: &Incoming,
+        data: &str,
+    ) -> Bytes {
         match self {
-            Self::Small { body } => {
-                let id = ids.format(seq);
-                let mut frame = BytesMut::with_capacity("id: ".len() + id.len() + 1 + body);
-                sse_framing::encode_event(&mut frame, Some(id), msg.event_type.as_deref(), data);
-                frame.freeze()
-            }
+            Self::Small => encode_event(ids, seq, topic, msg.event_type.as_deref(), data),
             Self::Large(unnumbered) => unnumbered.number(ids, seq),
         }
     }
@@ -498,17 +538,19 @@ struct Unnumbered {
 }
 
 impl Unnumbered {
-    /// `len` is `encoded_event_len(None, event, data)`.
+    /// `len` is the comment's length plus `encoded_event_len(None, event, data)`.
     fn encode(
         epoch_len: usize,
         seq_hint: u64,
         len: usize,
+        topic: Option<&str>,
         event: Option<&str>,
         data: &str,
     ) -> Self {
         let room = id_line_len(epoch_len, seq_hint);
         let mut buf = BytesMut::with_capacity(room + len);
         buf.resize(room, 0);
+        put_topic_comment(&mut buf, topic);
         sse_framing::encode_event(&mut buf, None, event, data);
         Self { buf, room }
     }
@@ -615,14 +657,29 @@ mod tests {
     fn a_frame_numbered_after_encoding_is_the_frame_encoded_with_its_id() {
         let epoch = Epoch::new("k3j9").unwrap();
         let data = "line one\r\nline two\n".repeat(2000);
-        for (hint, seq) in [(42, 42), (99, 100), (1000, 7), (1, u64::MAX)] {
-            let mut ids = IdFormatter::new(&epoch);
-            let body = sse_framing::encoded_event_len(None, Some("kind"), &data);
-            let unnumbered =
-                Unnumbered::encode(epoch.as_str().len(), hint, body, Some("kind"), &data);
-            let numbered = unnumbered.number(&mut ids, seq);
-            let direct = encode_event(&mut ids, seq, Some("kind"), &data);
-            assert_eq!(numbered, direct, "hint {hint}, seq {seq}");
+        for topic in [None, Some("orders.42")] {
+            for (hint, seq) in [(42, 42), (99, 100), (1000, 7), (1, u64::MAX)] {
+                let mut ids = IdFormatter::new(&epoch);
+                let body = comment_len(topic)
+                    + sse_framing::encoded_event_len(None, Some("kind"), &data);
+                let unnumbered = Unnumbered::encode(
+                    epoch.as_str().len(),
+                    hint,
+                    body,
+                    topic,
+                    Some("kind"),
+                    &data,
+                );
+                let numbered = unnumbered.number(&mut ids, seq);
+                let direct = encode_event(&mut ids, seq, topic, Some("kind"), &data);
+                assert_eq!(numbered, direct, "hint {hint}, seq {seq}, {topic:?}");
+                assert_eq!(direct.len(), body + "id: k3j9-\n".len() + seq.to_string().len());
+            }
         }
+        let mut ids = IdFormatter::new(&epoch);
+        assert_eq!(
+            &encode_event(&mut ids, 5, Some("orders.42"), None, "x")[..],
+            b"id: k3j9-5\n: topic orders.42\ndata: x\n\n"
+        );
     }
 }

@@ -40,6 +40,8 @@ pub enum ReplayItem {
     Message {
         /// Log position (the event id's sequence).
         seq: u64,
+        /// The topic it was published to (its subject without the prefix).
+        topic: String,
         /// The message.
         msg: Incoming,
     },
@@ -75,10 +77,11 @@ impl ReplaySink {
         (Self { tx }, rx)
     }
 
-    /// Sends the message at `seq` (waits while the stream is behind).
-    pub async fn message(&self, seq: u64, msg: Incoming) -> Result<(), StreamGone> {
+    /// Sends the message at `seq`, published to `topic` (waits while the stream is
+    /// behind).
+    pub async fn message(&self, seq: u64, topic: String, msg: Incoming) -> Result<(), StreamGone> {
         self.tx
-            .send(ReplayItem::Message { seq, msg })
+            .send(ReplayItem::Message { seq, topic, msg })
             .await
             .map_err(|_| StreamGone)
     }

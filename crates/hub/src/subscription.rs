@@ -448,8 +448,8 @@ impl Subscription {
                 },
             };
             let frame = match item {
-                ReplayItem::Message { seq, msg } => {
-                    let frame = self.hub.encode_logged(seq, &msg);
+                ReplayItem::Message { seq, topic, msg } => {
+                    let frame = self.hub.encode_logged(seq, &topic, &msg);
                     if frame.is_some() {
                         self.replayed += 1;
                         self.hub.metrics().replayed_events.inc();
