@@ -381,3 +381,284 @@ async fn the_demo_streams_through_tickets_and_renews_at_token_expiry_without_los
     );
     browser.close().await.unwrap();
 }
+
+// ----- the JavaScript client (/client.js): one stream per browser -------------------
+
+/// Loads `/client.js` in the current tab and subscribes `topic` with sharing `mode`
+/// (`"worker"`, or `"broadcast"`: the page's `SharedWorker` is removed and the client
+/// left to choose); events land in `window.got`. Returns the mode the client picked.
+async fn client_subscribe(
+    browser: &Client,
+    mode: &str,
+    topic: &str,
+    token: Option<&str>,
+) -> String {
+    let script = r#"
+        const [mode, topic, token, done] = arguments;
+        import("/client.js").then((m) => {
+            window.got = window.got || [];
+            window.resets = window.resets || [];
+            window.closes = window.closes || [];
+            window.errors = window.errors || [];
+            window.token = token;
+            if (!window.client) {
+                // "broadcast": SharedWorker taken away, the client picks on its own.
+                if (mode === "broadcast") window.SharedWorker = undefined;
+                const options = { shared: mode === "broadcast" ? "auto" : mode };
+                if (token) options.getToken = async () => window.token;
+                window.client = m.connect(options);
+            }
+            window.client.subscribe(topic, (e) => window.got.push({ id: e.id, data: e.data, topic: e.topic }), {
+                onReset: (r) => window.resets.push(r),
+                onClose: (r) => window.closes.push(r),
+                onError: (e) => window.errors.push(String(e && e.message || e)),
+            });
+            done(window.client.mode);
+        }).catch((e) => done("error: " + e));
+    "#;
+    let args = vec![
+        serde_json::json!(mode),
+        serde_json::json!(topic),
+        serde_json::json!(token),
+    ];
+    let picked = browser.execute_async(script, args).await.unwrap();
+    picked.as_str().unwrap_or_default().to_owned()
+}
+
+/// The data of the events the current tab received.
+async fn client_got(browser: &Client) -> Vec<String> {
+    let v = browser
+        .execute("return (window.got || []).map((e) => e.data);", Vec::new())
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap_or_default()
+}
+
+/// Waits until the current tab has received `n` events; returns their data.
+async fn wait_got(browser: &Client, gw: &Gateway, what: &str, n: usize) -> Vec<String> {
+    let last = std::sync::Mutex::new(Vec::new());
+    eventually(DEADLINE, what, || async {
+        let got = client_got(browser).await;
+        *last.lock().unwrap() = got.clone();
+        anyhow::ensure!(got.len() >= n, "{} of {n}", got.len());
+        Ok(got)
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "got {:?}\ngateway log:\n{}",
+            last.lock().unwrap(),
+            tail(&gw.log())
+        )
+    })
+    .unwrap()
+}
+
+/// The gateway's open streams (operator API).
+async fn open_streams(gw: &Gateway) -> Vec<serde_json::Value> {
+    let body = http::get(gw.admin_addr(), "/api/streams", &[])
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    body["streams"].as_array().cloned().unwrap_or_default()
+}
+
+/// Opens `tabs` tabs of the gateway's origin; their window handles.
+async fn open_tabs(
+    browser: &Client,
+    gw: &Gateway,
+    tabs: usize,
+) -> Vec<fantoccini::wd::WindowHandle> {
+    let url = format!("http://{}/demo", gw.addr());
+    let mut handles = vec![browser.window().await.unwrap()];
+    browser.goto(&url).await.unwrap();
+    for _ in 1..tabs {
+        let tab = browser.new_window(true).await.unwrap();
+        browser.switch_to_window(tab.handle.clone()).await.unwrap();
+        browser.goto(&url).await.unwrap();
+        handles.push(tab.handle);
+    }
+    handles
+}
+
+/// Three tabs subscribe to three topics in `mode`: ONE stream carries all three, each
+/// tab gets exactly its own topic's events; then the tab holding the stream (the worker
+/// survives any tab; in broadcast mode the first tab leads) closes and, on a JetStream
+/// topic, the others miss nothing.
+async fn three_tabs_share_one_stream(mode: &str) {
+    let nats = NatsServer::start().unwrap();
+    let gw = ready(&nats, |b| {
+        b.set("jetstream", "enabled", "true")
+            .set("sse", "stream_control", "true")
+            .set("sse", "retry", "\"300ms\"")
+    })
+    .await;
+    let js = jetstream::new(nats.client().await.unwrap());
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser().await.unwrap();
+    let tabs = open_tabs(&browser, &gw, 3).await;
+    for (i, tab) in tabs.iter().enumerate() {
+        browser.switch_to_window(tab.clone()).await.unwrap();
+        let picked = client_subscribe(&browser, mode, &format!("tab.{i}"), None).await;
+        assert_eq!(picked, mode, "the client runs in the mode asked for");
+    }
+    eventually(DEADLINE, "one stream with the three topics", || async {
+        let streams = open_streams(&gw).await;
+        anyhow::ensure!(streams.len() == 1, "{streams:?}");
+        let mut topics: Vec<String> =
+            serde_json::from_value(streams[0]["topics"].clone()).unwrap_or_default();
+        topics.sort();
+        anyhow::ensure!(topics == ["tab.0", "tab.1", "tab.2"], "{topics:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    for round in 1..=3 {
+        for i in 0..3 {
+            let value = format!("{i}-{round}");
+            publish_stored(&js, &format!("sse.tab.{i}"), &value, &value, DEADLINE).await;
+        }
+    }
+    for (i, tab) in tabs.iter().enumerate() {
+        browser.switch_to_window(tab.clone()).await.unwrap();
+        let got = wait_got(&browser, &gw, &format!("tab {i}'s events"), 3).await;
+        let want: Vec<String> = (1..=3).map(|r| format!("{i}-{r}")).collect();
+        assert_eq!(got, want, "tab {i} gets exactly its topic");
+    }
+    // The first tab goes; events keep coming; the other two miss none of theirs.
+    browser.switch_to_window(tabs[0].clone()).await.unwrap();
+    browser.close_window().await.unwrap();
+    for round in 4..=20 {
+        for i in 1..3 {
+            let value = format!("{i}-{round}");
+            publish_stored(&js, &format!("sse.tab.{i}"), &value, &value, DEADLINE).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, tab) in tabs.iter().enumerate().skip(1) {
+        browser.switch_to_window(tab.clone()).await.unwrap();
+        let got = wait_got(&browser, &gw, &format!("tab {i} after the hand-over"), 20).await;
+        let want: Vec<String> = (1..=20).map(|r| format!("{i}-{r}")).collect();
+        assert_eq!(got, want, "tab {i}: every event once, in order");
+    }
+    eventually(DEADLINE, "still one stream", || async {
+        let streams = open_streams(&gw).await;
+        anyhow::ensure!(streams.len() == 1, "{streams:?}");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    browser.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_three_tabs_share_one_stream_through_a_shared_worker() {
+    three_tabs_share_one_stream("worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_three_tabs_share_one_stream_through_a_broadcast_leader() {
+    three_tabs_share_one_stream("broadcast").await;
+}
+
+/// A reload of the only tab resumes (the last id is kept in sessionStorage) and a token
+/// expiring mid-stream is renewed through a ticket: nothing lost either way.
+async fn reload_and_token_renewal_lose_nothing(mode: &str) {
+    let nats = NatsServer::start().unwrap();
+    let gw = ready(&nats, |b| {
+        b.set("jetstream", "enabled", "true")
+            .set("sse", "stream_control", "true")
+            .set("sse", "retry", "\"300ms\"")
+            .set("auth", "enabled", "true")
+            .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
+            .set(
+                "auth",
+                "ticket_secret",
+                "\"a-ticket-secret-for-the-browser-test\"",
+            )
+    })
+    .await;
+    let js = jetstream::new(nats.client().await.unwrap());
+    let driver = ChromeDriver::start().await.unwrap();
+    let browser = driver.browser().await.unwrap();
+    let tabs = open_tabs(&browser, &gw, 1).await;
+    browser.switch_to_window(tabs[0].clone()).await.unwrap();
+    // A token that runs out in ≤ 3 s: the client renews it mid-stream (getToken is asked
+    // again, and the page hands out a long-lived one from then on).
+    let short = hs256(serde_json::json!({"sub": "u1", "subscribe": ["renew.>"], "exp": now() + 3}));
+    let long =
+        hs256(serde_json::json!({"sub": "u1", "subscribe": ["renew.>"], "exp": now() + 600}));
+    assert_eq!(
+        client_subscribe(&browser, mode, "renew.a", Some(&short)).await,
+        mode
+    );
+    // The stream is open on the short token's ticket before the page switches tokens.
+    eventually(DEADLINE, "the stream open", || async {
+        anyhow::ensure!(open_streams(&gw).await.len() == 1, "not yet");
+        Ok(())
+    })
+    .await
+    .unwrap();
+    browser
+        .execute(
+            "window.token = arguments[0];",
+            vec![serde_json::json!(long)],
+        )
+        .await
+        .unwrap();
+    for i in 1..=40 {
+        publish_i_on(&js, "sse.renew.a", i).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = wait_got(&browser, &gw, "1..=40 across the token's expiry", 40).await;
+    let want: Vec<String> = (1..=40).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    let closes = metric(
+        &gw,
+        "sse_streams_closed_total",
+        &[("reason", "token_expired")],
+    )
+    .await;
+    assert!(closes >= 1.0, "the token did expire mid-stream");
+    // Reload: events published while the page is away come after it resubscribes.
+    browser.refresh().await.unwrap();
+    for i in 41..=50 {
+        publish_i_on(&js, "sse.renew.a", i).await;
+    }
+    assert_eq!(
+        client_subscribe(&browser, mode, "renew.a", Some(&long)).await,
+        mode
+    );
+    for i in 51..=55 {
+        publish_i_on(&js, "sse.renew.a", i).await;
+    }
+    let got = wait_got(&browser, &gw, "41..=55 after the reload", 15).await;
+    let want: Vec<String> = (41..=55).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "resumed from the last id of before the reload");
+    let log = gw.log();
+    assert!(!log.contains(&short) && !log.contains(&long));
+    browser.close().await.unwrap();
+}
+
+/// Publishes `i` to `subject` through JetStream, stored once.
+async fn publish_i_on(js: &jetstream::Context, subject: &str, i: u32) {
+    publish_stored(
+        js,
+        subject,
+        &format!("{subject}-{i}"),
+        &i.to_string(),
+        DEADLINE,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reload_and_token_renewal_lose_nothing_through_a_shared_worker() {
+    reload_and_token_renewal_lose_nothing("worker").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reload_and_token_renewal_lose_nothing_through_a_broadcast_leader() {
+    reload_and_token_renewal_lose_nothing("broadcast").await;
+}

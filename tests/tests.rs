@@ -15,6 +15,7 @@ mod edge;
 mod fanout;
 mod faults;
 mod hostile;
+mod js_client;
 mod lifecycle;
 mod operator;
 mod publish;

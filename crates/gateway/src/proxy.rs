@@ -174,6 +174,10 @@ impl ProxyHttp for EdgeProxy {
                 edge::demo(req).send(session).await?;
                 Ok(true)
             }
+            Target::Client => {
+                edge::client_js(req).send(session).await?;
+                Ok(true)
+            }
             Target::Route(index) => {
                 ctx.route = Some(index);
                 Ok(false)

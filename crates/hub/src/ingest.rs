@@ -180,7 +180,13 @@ impl Hub {
         }
         let mut ids = IdFormatter::new(&self.epoch());
         let comment = self.topic_comment(topic);
-        Some(encode_event(&mut ids, seq, comment, msg.event_type.as_deref(), data))
+        Some(encode_event(
+            &mut ids,
+            seq,
+            comment,
+            msg.event_type.as_deref(),
+            data,
+        ))
     }
 }
 
@@ -474,7 +480,8 @@ pub(crate) fn encode_event(
 ) -> Bytes {
     let id = ids.format(seq);
     let len = "id: ".len() + id.len() + 1 + comment_len(topic);
-    let mut frame = BytesMut::with_capacity(len + sse_framing::encoded_event_len(None, event, data));
+    let mut frame =
+        BytesMut::with_capacity(len + sse_framing::encoded_event_len(None, event, data));
     frame.extend_from_slice(b"id: ");
     frame.extend_from_slice(id.as_bytes());
     frame.extend_from_slice(b"\n");
@@ -660,8 +667,8 @@ mod tests {
         for topic in [None, Some("orders.42")] {
             for (hint, seq) in [(42, 42), (99, 100), (1000, 7), (1, u64::MAX)] {
                 let mut ids = IdFormatter::new(&epoch);
-                let body = comment_len(topic)
-                    + sse_framing::encoded_event_len(None, Some("kind"), &data);
+                let body =
+                    comment_len(topic) + sse_framing::encoded_event_len(None, Some("kind"), &data);
                 let unnumbered = Unnumbered::encode(
                     epoch.as_str().len(),
                     hint,
@@ -673,7 +680,10 @@ mod tests {
                 let numbered = unnumbered.number(&mut ids, seq);
                 let direct = encode_event(&mut ids, seq, topic, Some("kind"), &data);
                 assert_eq!(numbered, direct, "hint {hint}, seq {seq}, {topic:?}");
-                assert_eq!(direct.len(), body + "id: k3j9-\n".len() + seq.to_string().len());
+                assert_eq!(
+                    direct.len(),
+                    body + "id: k3j9-\n".len() + seq.to_string().len()
+                );
             }
         }
         let mut ids = IdFormatter::new(&epoch);

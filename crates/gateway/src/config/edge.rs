@@ -107,7 +107,14 @@ pub(super) fn validate_routes(routes: Vec<RawRoute>) -> Result<Vec<RouteSettings
                     format!("{:?} must start with '/'", r.prefix),
                 ));
             }
-            for reserved in ["/events", "/publish", "/demo"] {
+            for reserved in [
+                "/events",
+                "/publish",
+                "/demo",
+                "/tickets",
+                "/streams",
+                "/client.js",
+            ] {
                 if prefix == reserved
                     || prefix.starts_with(&format!("{reserved}/"))
                     || prefix.is_empty()

@@ -81,12 +81,21 @@ pub fn preflight(cors: &Cors, request: &dyn RequestView, methods: &'static str) 
 /// The demo page (`GET`/`HEAD /demo`).
 pub fn demo(request: &dyn RequestView) -> Response {
     const PAGE: &str = include_str!("../../assets/demo.html");
+    asset(request, "text/html; charset=utf-8", PAGE)
+}
+
+/// The JavaScript client (`GET`/`HEAD /client.js`): the ES module of `clients/js`, as
+/// it is in the repository (plain JavaScript, no build step), also the script of the
+/// SharedWorker it starts.
+pub fn client_js(request: &dyn RequestView) -> Response {
+    const MODULE: &str = include_str!("../../../../clients/js/sse-gateway.js");
+    asset(request, "text/javascript; charset=utf-8", MODULE)
+}
+
+fn asset(request: &dyn RequestView, content_type: &'static str, body: &'static str) -> Response {
     match request.method() {
         "GET" | "HEAD" => Response::new(200)
-            .with_body(
-                "text/html; charset=utf-8",
-                bytes::Bytes::from_static(PAGE.as_bytes()),
-            )
+            .with_body(content_type, bytes::Bytes::from_static(body.as_bytes()))
             .with_header("Cache-Control", "no-cache")
             .for_head(request.method() == "HEAD"),
         other => Response::error(&ApiError::method_not_allowed(other, "GET, HEAD")),

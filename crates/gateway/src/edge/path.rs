@@ -18,6 +18,9 @@ use super::error::ApiError;
 /// The browser demo page.
 pub const DEMO_PATH: &str = "/demo";
 
+/// The JavaScript client module.
+pub const CLIENT_PATH: &str = "/client.js";
+
 /// Who serves a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -31,6 +34,8 @@ pub enum Target {
     StreamControl,
     /// The demo page.
     Demo,
+    /// The JavaScript client.
+    Client,
     /// A reverse-proxy route (its index in [`Routes`]).
     Route(usize),
     /// Nothing: 404.
@@ -49,6 +54,8 @@ pub fn target(path: &str, routes: &Routes) -> Target {
         Target::StreamControl
     } else if path == DEMO_PATH {
         Target::Demo
+    } else if path == CLIENT_PATH {
+        Target::Client
     } else if let Some(index) = routes.index_of(path) {
         Target::Route(index)
     } else {

@@ -282,6 +282,7 @@ impl Http1<'_> {
                 return self.hand_off(stream, head, keep_alive).await;
             }
             Target::Demo => edge::demo(head),
+            Target::Client => edge::client_js(head),
             Target::NotFound => Response::error(&ApiError::not_found(head.path())),
         };
         let keep = keep_alive && !head.has_body();

@@ -108,7 +108,9 @@ async fn old_resumes_are_replayed_from_the_log_then_go_live_at_the_seam() {
     feed.ingest_logged("a", 11, msg("11"));
     let feeder = tokio::spawn(async move {
         for seq in 3..=10 {
-            sink.message(seq, "t".into(), msg(&seq.to_string())).await.unwrap();
+            sink.message(seq, "t".into(), msg(&seq.to_string()))
+                .await
+                .unwrap();
         }
     });
     feeder.await.unwrap();
@@ -149,7 +151,9 @@ async fn streams_opened_before_the_log_starts_replay_up_to_its_start() {
     feed.start_log(Epoch::new("js1").unwrap(), 7);
     feed.ingest_logged("a", 8, msg("8"));
     for seq in 6..=7 {
-        sink.message(seq, "t".into(), msg(&seq.to_string())).await.unwrap();
+        sink.message(seq, "t".into(), msg(&seq.to_string()))
+            .await
+            .unwrap();
     }
     drop(sink);
     assert_eq!(datas(&drain_events(&mut sub)), ["6", "7", "8"]);
