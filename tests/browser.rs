@@ -297,21 +297,22 @@ struct TicketState {
     closes: Vec<Received>,
 }
 
+/// JetStream topics, a short `retry:`, auth with tickets.
+fn with_tickets(b: GatewayBuilder) -> GatewayBuilder {
+    auth_on(b)
+        .set("jetstream", "enabled", "true")
+        .set("sse", "retry", "\"300ms\"")
+        .set(
+            "auth",
+            "ticket_secret",
+            "\"a-ticket-secret-for-the-browser-test\"",
+        )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_streams_through_tickets_and_renews_at_token_expiry_without_loss() {
     let nats = NatsServer::start().unwrap();
-    let gw = ready(&nats, |b| {
-        b.set("jetstream", "enabled", "true")
-            .set("sse", "retry", "\"300ms\"")
-            .set("auth", "enabled", "true")
-            .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
-            .set(
-                "auth",
-                "ticket_secret",
-                "\"a-ticket-secret-for-the-browser-test\"",
-            )
-    })
-    .await;
+    let gw = ready(&nats, with_tickets).await;
     let js = jetstream::new(nats.client().await.unwrap());
     let driver = ChromeDriver::start().await.unwrap();
     let browser = driver.browser().await.unwrap();
@@ -567,16 +568,7 @@ async fn client_three_tabs_share_one_stream_through_a_broadcast_leader() {
 async fn reload_and_token_renewal_lose_nothing(mode: &str) {
     let nats = NatsServer::start().unwrap();
     let gw = ready(&nats, |b| {
-        b.set("jetstream", "enabled", "true")
-            .set("sse", "stream_control", "true")
-            .set("sse", "retry", "\"300ms\"")
-            .set("auth", "enabled", "true")
-            .set("auth", "hs256_secret", &format!("\"{AUTH_SECRET}\""))
-            .set(
-                "auth",
-                "ticket_secret",
-                "\"a-ticket-secret-for-the-browser-test\"",
-            )
+        with_tickets(b).set("sse", "stream_control", "true")
     })
     .await;
     let js = jetstream::new(nats.client().await.unwrap());
