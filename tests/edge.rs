@@ -87,21 +87,6 @@ async fn cors_preflights_and_responses_echo_allowed_origins_only() {
     );
 }
 
-/// Reads an SSE response body until it contains `needle`.
-async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !text.contains(needle) {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("stream ended before {needle:?}: {text:?}"));
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_streams_over_h2c_and_tls_h2() {
     let dir = tempfile_dir();

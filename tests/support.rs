@@ -185,3 +185,18 @@ pub async fn a_normal_client_still_streams(gw: &Gateway, topic: &str) {
 pub async fn gateway_subjects(nats: &NatsServer) -> Vec<String> {
     nats.subjects_under("sse.").await.unwrap()
 }
+
+/// Reads an SSE response body until it contains `needle`.
+pub async fn read_until(resp: &mut reqwest::Response, needle: &str) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !text.contains(needle) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("stream ended before {needle:?}: {text:?}"));
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}

@@ -404,21 +404,6 @@ async fn a_ticket_is_single_use_across_instances_sharing_jetstream() {
     a_normal_client_still_streams_with_auth(&a).await;
 }
 
-/// Reads an HTTP/2 response body until `needle` shows up; the text so far.
-async fn read_h2_until(resp: &mut reqwest::Response, needle: &str) -> String {
-    let deadline = Instant::now() + WAIT;
-    let mut text = String::new();
-    while !text.contains(needle) {
-        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
-            .await
-            .unwrap_or_else(|_| panic!("no {needle:?} in {text:?}"))
-            .unwrap()
-            .unwrap_or_else(|| panic!("stream ended before {needle:?}: {text:?}"));
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    text
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http2_tickets_work_once_and_a_stream_ends_at_its_tokens_exp() {
     let gw = with_tickets(memory(Gateway::builder(bin())))
@@ -440,14 +425,14 @@ async fn over_http2_tickets_work_once_and_a_stream_ends_at_its_tokens_exp() {
     let url = format!("http://{}/events/orders.1?ticket={ticket}", gw.addr());
     let mut stream = h2.get(&url).send().await.unwrap();
     assert_eq!(stream.status(), 200);
-    read_h2_until(&mut stream, ": connected").await;
+    read_until(&mut stream, ": connected").await;
     let again = h2.get(&url).send().await.unwrap();
     assert_eq!(
         again.status(),
         401,
         "a ticket is good once, over HTTP/2 too"
     );
-    let text = read_h2_until(&mut stream, "retry:").await;
+    let text = read_until(&mut stream, "retry:").await;
     assert!(
         text.contains("event: gateway.close\ndata: {\"reason\":\"token_expired\"}\n\n"),
         "{text:?}"

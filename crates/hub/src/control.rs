@@ -113,9 +113,12 @@ impl StreamControl {
         applied
     }
 
-    /// The changes waiting for the writer (none without taking the lock, the common case).
+    /// The changes waiting for the writer (none without taking the lock or writing to
+    /// shared memory, the common case: this runs on every poll of the writer).
     pub(crate) fn take_changes(&self) -> Vec<TopicChange> {
-        if !self.has_changes.swap(false, Ordering::AcqRel) {
+        if !self.has_changes.load(Ordering::Acquire)
+            || !self.has_changes.swap(false, Ordering::AcqRel)
+        {
             return Vec::new();
         }
         std::mem::take(&mut *self.changes.lock())

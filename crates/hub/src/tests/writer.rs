@@ -58,6 +58,26 @@ fn spawn_writer(
     spawn_controlled(hub, name, buffer, config, Arc::default())
 }
 
+/// Serves `sub` on `server` without chunking, from a task of its own.
+fn spawn_raw(
+    server: DuplexStream,
+    sub: crate::Subscription,
+    config: WriterConfig,
+) -> tokio::task::JoinHandle<StreamReport> {
+    tokio::spawn(async move {
+        let control = StreamControl::default();
+        serve(
+            server,
+            sub,
+            Bytes::new(),
+            BodyFraming::Raw,
+            &config,
+            &control,
+        )
+        .await
+    })
+}
+
 /// [`spawn_writer`] with the stream's control handle.
 fn spawn_controlled(
     hub: &crate::Hub,
@@ -282,18 +302,7 @@ async fn raw_framing_has_no_chunks() {
     let (hub, feed) = hub_with(16, 8);
     let (server, mut client) = tokio::io::duplex(4096);
     let sub = hub.subscribe(&[topic("a")], None).unwrap();
-    let cfg = config();
-    tokio::spawn(async move {
-        serve(
-            server,
-            sub,
-            Bytes::new(),
-            BodyFraming::Raw,
-            &cfg,
-            &StreamControl::default(),
-        )
-        .await
-    });
+    spawn_raw(server, sub, config());
     assert_eq!(
         read_some(&mut client).await,
         b"retry: 3000\n: connected\n\n".to_vec()
@@ -310,18 +319,7 @@ async fn a_resume_reset_goes_out_with_the_opening() {
     let (hub, _feed) = hub_with(16, 8);
     let (server, mut client) = tokio::io::duplex(4096);
     let sub = hub.subscribe(&[topic("a")], Some("bogus")).unwrap();
-    let cfg = config();
-    tokio::spawn(async move {
-        serve(
-            server,
-            sub,
-            Bytes::new(),
-            BodyFraming::Raw,
-            &cfg,
-            &StreamControl::default(),
-        )
-        .await
-    });
+    spawn_raw(server, sub, config());
     let got = read_some(&mut client).await;
     assert_eq!(
         got,
@@ -634,18 +632,7 @@ async fn a_replay_waiting_for_its_turn_does_not_stop_heartbeats() {
     let sub = hub.subscribe(&[topic("a")], Some("js1-3")).unwrap();
     // The replay is asked for but never served (it waits for a turn): the stream is open.
     let (_request, _sink) = replays.take().pop().unwrap();
-    let cfg = config();
-    tokio::spawn(async move {
-        serve(
-            server,
-            sub,
-            Bytes::new(),
-            BodyFraming::Raw,
-            &cfg,
-            &StreamControl::default(),
-        )
-        .await
-    });
+    spawn_raw(server, sub, config());
     assert_eq!(
         read_some(&mut client).await,
         b"retry: 3000\n: connected\n\n".to_vec()
