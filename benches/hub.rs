@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use sse_hub::{
-    BodyFraming, Epoch, Feed, Hub, HubConfig, HubMetrics, Incoming, Source, StreamControl,
+    BodyFraming, Cadence, Epoch, Feed, Hub, HubConfig, HubMetrics, Incoming, Source, StreamControl,
     TopicName, WriterConfig, serve,
 };
 use tokio::io::AsyncReadExt;
@@ -155,8 +155,7 @@ fn coalescing(c: &mut Criterion) {
                         });
                         let (server, _) = listener.accept().await?;
                         let config = WriterConfig {
-                            heartbeat: Duration::from_secs(60),
-                            retry: Duration::from_secs(3),
+                            cadence: Cadence::new(Duration::from_secs(60), Duration::from_secs(3)),
                             write_timeout: Duration::from_secs(10),
                             client_buffer: EVENTS,
                             client_buffer_bytes: usize::MAX,
@@ -243,8 +242,7 @@ fn isolation(c: &mut Criterion) {
     let (other, other_feed) = self::hub(1024, 256);
     let _other_reader = other.subscribe(std::slice::from_ref(&cold), None).unwrap();
     let config: &'static WriterConfig = Box::leak(Box::new(WriterConfig {
-        heartbeat: Duration::from_secs(600),
-        retry: Duration::from_secs(3),
+        cadence: Cadence::new(Duration::from_secs(600), Duration::from_secs(3)),
         write_timeout: Duration::from_secs(600),
         client_buffer: 256,
         client_buffer_bytes: 4 << 20,

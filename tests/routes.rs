@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// A tiny upstream: `/healthz` is 200; every other path answers with its name and the
 /// request head it received (so tests can see forwarded headers).
-async fn upstream(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
+pub(crate) async fn upstream(name: &'static str) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {

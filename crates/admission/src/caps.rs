@@ -22,8 +22,9 @@ const SHRINK_MIN_CAPACITY: usize = 1024;
 /// Addresses are counted in canonical form: an IPv4-mapped IPv6 address counts as its
 /// IPv4 address.
 pub struct Caps {
-    max_total: u64,
-    max_per_ip: u64,
+    /// Read under `per_ip`'s lock; a reload may change them ([`Caps::set_limits`]).
+    max_total: AtomicU64,
+    max_per_ip: AtomicU64,
     /// Slots held per address; no entry at zero.
     per_ip: Mutex<HashMap<IpAddr, u64>>,
     /// Slots held in all. Written only under `per_ip`'s lock, read without it.
@@ -35,8 +36,8 @@ impl Caps {
     /// nothing.
     pub fn new(max_total: u64, max_per_ip: u64) -> Arc<Self> {
         Arc::new(Self {
-            max_total,
-            max_per_ip,
+            max_total: AtomicU64::new(max_total),
+            max_per_ip: AtomicU64::new(max_per_ip),
             per_ip: Mutex::new(HashMap::new()),
             total: AtomicU64::new(0),
         })
@@ -49,16 +50,14 @@ impl Caps {
         let ip = ip.to_canonical();
         let mut per_ip = self.per_ip.lock();
         let total = self.total.load(Ordering::Relaxed);
-        if total >= self.max_total {
-            return Err(CapExceeded::Total {
-                max: self.max_total,
-            });
+        let max_total = self.max_total();
+        if total >= max_total {
+            return Err(CapExceeded::Total { max: max_total });
         }
         let held = per_ip.get(&ip).copied().unwrap_or(0);
-        if held >= self.max_per_ip {
-            return Err(CapExceeded::PerIp {
-                max: self.max_per_ip,
-            });
+        let max_per_ip = self.max_per_ip();
+        if held >= max_per_ip {
+            return Err(CapExceeded::PerIp { max: max_per_ip });
         }
         per_ip.insert(ip, held + 1);
         self.total.store(total + 1, Ordering::Relaxed);
@@ -90,12 +89,20 @@ impl Caps {
 
     /// The cap on slots in all.
     pub fn max_total(&self) -> u64 {
-        self.max_total
+        self.max_total.load(Ordering::Relaxed)
     }
 
     /// The cap on slots per address.
     pub fn max_per_ip(&self) -> u64 {
-        self.max_per_ip
+        self.max_per_ip.load(Ordering::Relaxed)
+    }
+
+    /// New caps for the slots taken from now on; slots held over them stay held.
+    pub fn set_limits(&self, max_total: u64, max_per_ip: u64) {
+        // Under the lock, so an acquire sees both old or both new.
+        let _per_ip = self.per_ip.lock();
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     fn release(&self, ip: IpAddr) {
@@ -122,8 +129,8 @@ impl Caps {
 impl fmt::Debug for Caps {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Caps")
-            .field("max_total", &self.max_total)
-            .field("max_per_ip", &self.max_per_ip)
+            .field("max_total", &self.max_total())
+            .field("max_per_ip", &self.max_per_ip())
             .field("open", &self.open())
             .field("tracked_ips", &self.tracked_ips())
             .finish()
@@ -223,6 +230,24 @@ mod tests {
         assert_eq!(caps.open(), 3);
         drop(slots);
         assert!(caps.acquire(ip("192.0.2.9")).is_ok());
+    }
+
+    #[test]
+    fn new_limits_apply_to_the_next_acquire_and_keep_held_slots() {
+        let caps = Caps::new(10, 2);
+        let a = ip("192.0.2.1");
+        let held = [caps.acquire(a).unwrap(), caps.acquire(a).unwrap()];
+        caps.set_limits(10, 1);
+        assert_eq!(caps.acquire(a).unwrap_err(), CapExceeded::PerIp { max: 1 });
+        assert_eq!(caps.open_for(a), 2, "slots over the new cap stay held");
+        caps.set_limits(10, 3);
+        let third = caps.acquire(a).unwrap();
+        caps.set_limits(3, 3);
+        assert_eq!(
+            caps.acquire(ip("192.0.2.2")).unwrap_err(),
+            CapExceeded::Total { max: 3 }
+        );
+        drop((held, third));
     }
 
     #[test]

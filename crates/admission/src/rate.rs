@@ -72,6 +72,11 @@ impl<C: Clock> RateLimiter<C> {
         self.inner.len()
     }
 
+    /// Tokens a second and bucket size, as built.
+    pub fn quota(&self) -> (u32, u32) {
+        (self.per_second.get(), self.burst.get())
+    }
+
     /// Addresses with a bucket held now.
     pub fn tracked(&self) -> usize {
         self.inner.len()

@@ -13,6 +13,8 @@ use crate::config::Secret;
 use crate::edge::{ApiError, Response as Answer};
 use crate::metrics::Metrics;
 use crate::operator::api::{API_PREFIX, Call, OperatorApi};
+use crate::reload::Reloader;
+use crate::shutdown::UpgradeRequest;
 use crate::sse::Streams;
 
 /// Serves the admin endpoints.
@@ -23,6 +25,10 @@ pub struct AdminApp {
     admission: Arc<Admission>,
     /// `admin.token`: what the operator API asks for.
     token: Option<Secret>,
+    /// The configuration in force (`GET /api/config`).
+    reloader: Arc<Reloader>,
+    /// `POST /api/upgrade`.
+    upgrade: UpgradeRequest,
 }
 
 impl AdminApp {
@@ -33,12 +39,16 @@ impl AdminApp {
         streams: Arc<Streams>,
         admission: Arc<Admission>,
         token: Option<Secret>,
+        reloader: Arc<Reloader>,
+        upgrade: UpgradeRequest,
     ) -> Self {
         Self {
             metrics,
             streams,
             admission,
             token,
+            reloader,
+            upgrade,
         }
     }
 
@@ -71,10 +81,13 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let path = req.uri.path();
         if path.starts_with(API_PREFIX) {
+            let config = self.reloader.running();
             let api = OperatorApi {
                 hub: &self.streams.hub,
                 registry: &self.streams.registry,
                 token: self.token.as_ref(),
+                config: &config,
+                upgrade: &self.upgrade,
             };
             return api
                 .answer(Call {

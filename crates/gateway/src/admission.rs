@@ -10,50 +10,84 @@ use sse_admission::{CapExceeded, Caps, RateLimiter, Slot};
 
 use crate::config::LimitSettings;
 use crate::edge::{ApiError, RequestView};
+use crate::live::Live;
 use crate::metrics::{Metrics, Outcome, Rejection};
 
 /// What the public listeners admit before any request is served: who a client is, its
 /// token bucket, its sockets. Built from `[limits]`; shared by the front and Pingora's
-/// request filter.
+/// request filter; a reload changes the rules for the requests after it.
 #[derive(Debug)]
 pub struct Admission {
+    rules: Live<Rules>,
+    /// Open public-listener sockets per peer (the counts survive a reload).
+    sockets: Arc<Caps>,
+    /// `Retry-After` of a 503.
+    retry_after_secs: u64,
+}
+
+/// The part of [`Admission`] a reload replaces.
+#[derive(Debug)]
+struct Rules {
     /// Peers whose `X-Forwarded-For` is believed.
     trusted_proxies: Vec<IpNet>,
     /// IPv6 clients are counted by their network of this prefix length.
     ipv6_prefix: u8,
     /// Token buckets per client.
-    rate: RateLimiter,
-    /// Open public-listener sockets per peer.
-    sockets: Arc<Caps>,
+    rate: Arc<RateLimiter>,
     /// `limits.max_sockets_per_ip`, for the message.
     max_sockets_per_ip: u64,
-    /// `Retry-After` of a 503.
-    retry_after_secs: u64,
+}
+
+impl Rules {
+    fn new(limits: &LimitSettings, rate: Arc<RateLimiter>) -> Self {
+        Self {
+            trusted_proxies: limits.trusted_proxies.clone(),
+            ipv6_prefix: limits.ipv6_prefix,
+            rate,
+            max_sockets_per_ip: limits.max_sockets_per_ip,
+        }
+    }
+}
+
+fn rate_limiter(limits: &LimitSettings) -> Arc<RateLimiter> {
+    Arc::new(RateLimiter::new(
+        NonZeroU32::new(limits.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN),
+        NonZeroU32::new(limits.connect_burst_per_ip).unwrap_or(NonZeroU32::MIN),
+    ))
 }
 
 impl Admission {
     /// Admission under `limits`; a 503 says to retry after `retry_after_secs`.
     pub fn new(limits: &LimitSettings, retry_after_secs: u64) -> Self {
         Self {
-            trusted_proxies: limits.trusted_proxies.clone(),
-            ipv6_prefix: limits.ipv6_prefix,
-            rate: RateLimiter::new(
-                NonZeroU32::new(limits.connect_rate_per_ip).unwrap_or(NonZeroU32::MIN),
-                NonZeroU32::new(limits.connect_burst_per_ip).unwrap_or(NonZeroU32::MIN),
-            ),
+            rules: Live::new(Rules::new(limits, rate_limiter(limits))),
             sockets: Caps::new(u64::MAX, limits.max_sockets_per_ip),
-            max_sockets_per_ip: limits.max_sockets_per_ip,
             retry_after_secs,
         }
     }
 
+    /// Applies new `[limits]` to the requests from now on. The token buckets start over
+    /// (full) only when the rate or the burst changed; open sockets stay counted.
+    pub fn reconfigure(&self, limits: &LimitSettings) {
+        let old = self.rules.current();
+        let rate = if old.rate.quota() == (limits.connect_rate_per_ip, limits.connect_burst_per_ip)
+        {
+            old.rate.clone()
+        } else {
+            rate_limiter(limits)
+        };
+        self.sockets.set_limits(u64::MAX, limits.max_sockets_per_ip);
+        self.rules.replace(Rules::new(limits, rate));
+    }
+
     /// The client of `request`, which came from `peer`.
     pub fn client(&self, peer: IpAddr, request: &dyn RequestView) -> Client {
-        let peer_trusted = sse_admission::is_trusted_peer(peer, &self.trusted_proxies);
+        let rules = self.rules.current();
+        let peer_trusted = sse_admission::is_trusted_peer(peer, &rules.trusted_proxies);
         // Only a trusted proxy's X-Forwarded-For is read (and only then collected).
         let ip = if peer_trusted {
             let forwarded = request.header_values("x-forwarded-for");
-            sse_admission::client_ip(peer, &forwarded, &self.trusted_proxies)
+            sse_admission::client_ip(peer, &forwarded, &rules.trusted_proxies)
         } else {
             peer.to_canonical()
         };
@@ -61,33 +95,38 @@ impl Admission {
             peer,
             peer_trusted,
             ip,
-            key: sse_admission::client_key(ip, self.ipv6_prefix),
+            key: sse_admission::client_key(ip, rules.ipv6_prefix),
         }
     }
 
     /// Takes a token from the client's bucket (every request on the public listeners).
     pub fn check_rate(&self, key: IpAddr) -> Result<(), Refusal> {
-        self.rate.check(key).map_err(|limited| Refusal {
-            outcome: Outcome::RateLimited,
-            rejection: Some(Rejection::RateLimited),
-            error: ApiError::rate_limited(limited.retry_after_secs()),
-        })
+        self.rules
+            .current()
+            .rate
+            .check(key)
+            .map_err(|limited| Refusal {
+                outcome: Outcome::RateLimited,
+                rejection: Some(Rejection::RateLimited),
+                error: ApiError::rate_limited(limited.retry_after_secs()),
+            })
     }
 
     /// A slot among the peer's open sockets (`limits.max_sockets_per_ip`), held for the
     /// connection's life; `None` for trusted proxies, which are exempt.
     pub fn acquire_socket(&self, peer: IpAddr) -> Result<Option<Slot>, Refusal> {
-        if sse_admission::is_trusted_peer(peer, &self.trusted_proxies) {
+        let rules = self.rules.current();
+        if sse_admission::is_trusted_peer(peer, &rules.trusted_proxies) {
             return Ok(None);
         }
-        let key = sse_admission::client_key(peer, self.ipv6_prefix);
+        let key = sse_admission::client_key(peer, rules.ipv6_prefix);
         self.sockets.acquire(key).map(Some).map_err(|_| {
             Refusal::over_capacity(
                 self.retry_after_secs,
                 Rejection::MaxSocketsPerIp,
                 format!(
                     "this client already has {} connections open",
-                    self.max_sockets_per_ip
+                    rules.max_sockets_per_ip
                 ),
             )
         })
@@ -95,12 +134,12 @@ impl Admission {
 
     /// Forgets clients whose token bucket is full again; how many are kept.
     pub fn prune(&self) -> usize {
-        self.rate.prune()
+        self.rules.current().rate.prune()
     }
 
     /// Clients with a token bucket.
     pub fn rate_limited_clients(&self) -> usize {
-        self.rate.tracked()
+        self.rules.current().rate.tracked()
     }
 }
 

@@ -1,26 +1,32 @@
 //! `sse-gateway`: fans NATS messages out to Server-Sent Events clients.
 //!
 //! ```text
-//! sse-gateway --config gateway.toml         run
-//! sse-gateway --check-config gateway.toml   validate and exit
-//! sse-gateway ctl topics                     ask the operator API (see operator::ctl)
+//! sse-gateway --config gateway.toml             run (SIGHUP reloads the file)
+//! sse-gateway --upgrade --config gateway.toml   take over from the running process
+//! sse-gateway --check-config gateway.toml       validate and exit
+//!     [--against http://127.0.0.1:9090]         … and compare with a running gateway
+//! sse-gateway ctl topics                         ask the operator API (see operator::ctl)
 //! ```
 //!
-//! Wiring: one Pingora server with three services: the public listener ([`front`] reads
+//! Wiring: one Pingora server with four services: the public listener ([`front`] reads
 //! each connection's first request, streams go to [`sse`], the rest to Pingora's proxy
-//! in [`proxy`]), the admin listener ([`admin`]) and a background service running the
-//! NATS adapter and housekeeping ([`upstream`]). Shutdown is ours ([`shutdown`]).
+//! in [`proxy`]), the admin listener ([`admin`]), a background service running the
+//! NATS adapter and housekeeping ([`upstream`]) and one reloading the configuration on
+//! SIGHUP ([`reload`]). Shutdown and upgrade are ours ([`shutdown`]).
 
 mod admin;
 mod admission;
 mod config;
 mod edge;
 mod front;
+mod live;
+mod logging;
 mod metrics;
 mod operator;
 mod preflight;
 mod proxy;
 mod publish;
+mod reload;
 mod request;
 mod routes;
 mod shutdown;
@@ -43,7 +49,7 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::background_service;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::proxy::HttpProxy;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use sse_auth::Authorizer;
@@ -53,8 +59,11 @@ use sse_hub::{Epoch, Hub, HubConfig, Source};
 use crate::admission::Admission;
 use crate::config::{BusKind, Config};
 use crate::edge::Cors;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::publish::Publishing;
+use crate::reload::{LiveParts, ReloadOnHangup, Reloader};
+use crate::shutdown::UpgradeRequest;
 use crate::sse::Streams;
 use crate::state::Gateway;
 use crate::tickets::Tickets;
@@ -80,6 +89,18 @@ struct Cli {
     /// Validate this configuration file and exit (0 when valid).
     #[arg(long, value_name = "FILE")]
     check_config: Option<PathBuf>,
+    /// With --check-config: compare the file with the configuration in force in the
+    /// gateway whose admin listener is at URL, and say which changed keys a reload
+    /// (SIGHUP) applies and which need a restart.
+    #[arg(long, value_name = "URL", requires = "check_config")]
+    against: Option<String>,
+    /// The admin token for --against (default: admin.token of the file checked).
+    #[arg(long, value_name = "TOKEN", requires = "against")]
+    token: Option<String>,
+    /// Take over the listening sockets of the gateway running with this configuration
+    /// (through server.upgrade_socket); it then drains its streams and exits.
+    #[arg(long, requires = "config")]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -97,16 +118,7 @@ fn main() -> ExitCode {
         return operator::ctl::main(args);
     }
     if let Some(path) = cli.check_config {
-        return match Config::load(&path) {
-            Ok(_) => {
-                println!("{}: configuration is valid", path.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("sse-gateway: invalid configuration: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        };
+        return check_config(&path, cli.against.as_deref(), cli.token);
     }
     let Some(path) = cli.config else {
         return ExitCode::from(EXIT_CONFIG);
@@ -118,14 +130,82 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_tracing(config.log_json);
-    match run(config) {
+    let log = logging::init(config.log_json, &config.log_level);
+    match run(config, path, log, cli.upgrade) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sse-gateway: {e:#}");
             ExitCode::from(EXIT_STARTUP)
         }
     }
+}
+
+/// `--check-config FILE [--against URL]`: validates the file; with `--against`, lists
+/// the keys that differ from the running gateway's, by how they would apply.
+fn check_config(path: &std::path::Path, against: Option<&str>, token: Option<String>) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sse-gateway: invalid configuration: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    println!("{}: configuration is valid", path.display());
+    let Some(base) = against else {
+        return ExitCode::SUCCESS;
+    };
+    let token = token.or_else(|| config.admin.token.as_ref().map(|t| t.expose().to_owned()));
+    let running = operator::ctl::call(
+        base,
+        token.as_deref(),
+        reqwest::Method::GET,
+        "api/config",
+        &[],
+    )
+    .and_then(|(status, body)| {
+        anyhow::ensure!(
+            status.is_success(),
+            "{status}: {}",
+            operator::ctl::message_of(&body)
+        );
+        #[derive(serde::Deserialize)]
+        struct Running {
+            keys: config::Keys,
+        }
+        let running: Running =
+            serde_json::from_str(&body).context("the answer is not the configuration")?;
+        Ok(running.keys)
+    });
+    let running = match running {
+        Ok(keys) => keys,
+        Err(e) => {
+            eprintln!("sse-gateway: cannot read the running configuration: {e:#}");
+            return ExitCode::from(EXIT_STARTUP);
+        }
+    };
+    let changes = running.changes(&config.keys);
+    let (live, restart): (Vec<_>, Vec<_>) = changes
+        .into_iter()
+        .partition(|(_, change)| *change == config::Change::Live);
+    let names = |keys: Vec<(String, config::Change)>| {
+        keys.into_iter()
+            .map(|(k, _)| k)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if live.is_empty() && restart.is_empty() {
+        println!("the same as the configuration running at {base}");
+    }
+    if !live.is_empty() {
+        println!("a reload (SIGHUP) applies: {}", names(live));
+    }
+    if !restart.is_empty() {
+        println!(
+            "need a restart or an upgrade (a reload keeps the old value): {}",
+            names(restart)
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 /// Pingora opens listeners on its own threads and panics there when one cannot be bound
@@ -146,38 +226,6 @@ fn exit_if_a_listener_fails() {
             std::process::exit(i32::from(EXIT_STARTUP));
         }
     }));
-}
-
-/// Libraries whose debug and trace lines print request heads (`Authorization`, cookies,
-/// targets with `?access_token=`): their logs are capped at `info`, whatever `RUST_LOG`
-/// says, so no log line holds a secret (protocol §9, "Secrets").
-const HEAD_PRINTING_TARGETS: [&str; 4] = ["pingora", "h2", "hyper", "rustls"];
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`, Pingora's own at `warn`);
-/// one JSON object per line with `log.format = "json"`.
-fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,pingora_core=warn,pingora_proxy=warn"));
-    let no_secrets = tracing_subscriber::filter::filter_fn(|meta| {
-        *meta.level() <= tracing::Level::INFO
-            || !HEAD_PRINTING_TARGETS
-                .iter()
-                .any(|t| meta.target().starts_with(t))
-    });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let fmt = if json {
-        fmt.json().with_current_span(false).boxed()
-    } else {
-        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .boxed()
-    };
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(no_secrets).with_filter(filter))
-        .init();
 }
 
 /// Pingora's HTTP server options: h2c as configured; `CONNECT` let through to
@@ -202,10 +250,14 @@ fn h2_options() -> pingora::protocols::http::v2::server::H2Options {
     options
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf, log: logging::LogLevel, upgrade: bool) -> anyhow::Result<()> {
     preflight::raise_open_file_limit();
-    preflight::check_bindable("server.listen", config.server.listen)?;
-    preflight::check_bindable("admin.listen", config.admin.listen)?;
+    // An upgrade takes the running process's listeners: their ports are taken.
+    if !upgrade {
+        preflight::check_bindable("server.listen", config.server.listen)?;
+        preflight::check_bindable("admin.listen", config.admin.listen)?;
+    }
+    reload::ignore_hangup_until_watched().context("installing the SIGHUP handler")?;
 
     let metrics = Metrics::new().context("registering metrics")?;
     let hub_config = HubConfig {
@@ -259,9 +311,9 @@ fn run(config: Config) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|a| a.tickets.as_ref())
         .map(|t| t.ttl);
-    let auth = match config.auth {
-        Some(auth) => Some(Arc::new(
-            Authorizer::new(auth).context("building the authorizer")?,
+    let auth = match &config.auth {
+        Some(auth) => Some(Live::new(
+            Authorizer::new(auth.clone()).context("building the authorizer")?,
         )),
         None => None,
     };
@@ -287,14 +339,17 @@ fn run(config: Config) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway {
         server: config.server.clone(),
         write_timeout: config.sse.write_timeout,
-        cors: Cors::new(&config.cors.allowed_origins, config.cors.allow_credentials),
+        cors: Live::new(Cors::new(
+            &config.cors.allowed_origins,
+            config.cors.allow_credentials,
+        )),
         admission: admission.clone(),
         streams: streams.clone(),
         publishing: Publishing::new(
             publisher,
             hub.clone(),
             config.limits.max_publish_bytes,
-            auth,
+            auth.clone(),
             retry_after,
             metrics.clone(),
         ),
@@ -304,16 +359,33 @@ fn run(config: Config) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: server_conf.threads,
-        // Draining is done before Pingora hears of the signal (see shutdown.rs).
-        grace_period_seconds: Some(0),
+        // SIGTERM drains before Pingora hears of it and then stops at once; this grace
+        // period is the one after an upgrade's hand-over, in which this process drains
+        // (see shutdown.rs) and exits as soon as it is done.
+        grace_period_seconds: Some(server_conf.grace_period.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: server_conf.upgrade_socket.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    if upgrade {
+        ask_for_the_listeners(&config);
+    }
     server.bootstrap();
+    if upgrade {
+        tracing::info!(socket = %server_conf.upgrade_socket, "took the listening sockets over");
+    }
+    shutdown::drain_after_handover(
+        server.watch_execution_phase(),
+        streams.clone(),
+        config.server.grace_period,
+    );
 
-    let (routes, health_checks) = routes::build(&config.routes)?;
-    let routes = Arc::new(routes);
+    let routes = Live::new(routes::build(&config.routes)?);
     let mut proxy = HttpProxy::new(
         proxy::EdgeProxy::new(gateway.clone(), routes.clone()),
         server.configuration.clone(),
@@ -321,7 +393,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     proxy.handle_init_modules();
     proxy.server_options = Some(http_server_options(&config.server));
     proxy.h2_options = Some(h2_options());
-    let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy), routes);
+    let front = front::PublicApp::new(gateway.clone(), Arc::new(proxy), routes.clone());
     let mut public = Service::new("public".to_owned(), front);
     // No per-connection L4 buffers: the front reads request heads into its own small
     // buffer and streams write whole batches, so Pingora's 64 KiB read buffer per
@@ -337,6 +409,18 @@ fn run(config: Config) -> anyhow::Result<()> {
         settings.enable_h2();
         public.add_listener(ListenerConfig::tcp(tls.listen.to_string()).tls(settings));
     }
+    let upgrade_request = UpgradeRequest::default();
+    let reloader = Reloader::new(
+        path,
+        &config,
+        LiveParts {
+            gateway: gateway.clone(),
+            auth,
+            routes,
+            log,
+        },
+        metrics.clone(),
+    );
     let mut admin = Service::new(
         "admin".to_owned(),
         admin::AdminApp::new(
@@ -344,6 +428,8 @@ fn run(config: Config) -> anyhow::Result<()> {
             streams.clone(),
             admission.clone(),
             config.admin.token.clone(),
+            reloader.clone(),
+            upgrade_request.clone(),
         ),
     );
     admin.add_tcp(&config.admin.listen.to_string());
@@ -355,12 +441,13 @@ fn run(config: Config) -> anyhow::Result<()> {
     // One thread is plenty for the NATS client and housekeeping; the cores are for streams.
     upstream.threads = Some(1);
 
+    let mut reloading = background_service("reload", ReloadOnHangup::new(reloader));
+    reloading.threads = Some(1);
+
     server.add_service(public);
     server.add_service(admin);
     server.add_service(upstream);
-    for check in health_checks {
-        server.add_service(check);
-    }
+    server.add_service(reloading);
     tracing::info!(
         listen = %server_conf.listen,
         admin = %config.admin.listen,
@@ -371,6 +458,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         shutdown_signal: Box::new(shutdown::DrainOnSignal::new(
             streams.clone(),
             config.server.grace_period,
+            upgrade_request,
         )),
     });
     tracing::info!(
@@ -380,4 +468,36 @@ fn run(config: Config) -> anyhow::Result<()> {
         "stopped"
     );
     Ok(())
+}
+
+/// `--upgrade`: asks the running gateway (at this configuration's admin listener) to send
+/// its listening sockets, from a thread, while [`Server::bootstrap`] waits for them on
+/// `server.upgrade_socket` (both sides retry for a few seconds, so the order does not
+/// matter). A refusal is logged; the bootstrap then fails and the process exits.
+fn ask_for_the_listeners(config: &Config) {
+    let base = operator::ctl::admin_url(config);
+    let token = config.admin.token.as_ref().map(|t| t.expose().to_owned());
+    let asked = std::thread::Builder::new()
+        .name("upgrade-ask".into())
+        .spawn(move || {
+            match operator::ctl::call(&base, token.as_deref(), reqwest::Method::POST, "api/upgrade", &[]) {
+                Ok((status, _)) if status.is_success() => {
+                    tracing::info!(admin = %base, "the running gateway is handing its listeners over");
+                }
+                Ok((status, body)) => tracing::error!(
+                    admin = %base,
+                    %status,
+                    message = %operator::ctl::message_of(&body),
+                    "the running gateway refused the upgrade"
+                ),
+                Err(e) => tracing::error!(
+                    admin = %base,
+                    error = %format!("{e:#}"),
+                    "cannot ask the running gateway for its listeners"
+                ),
+            }
+        });
+    if let Err(e) = asked {
+        tracing::error!(error = %e, "cannot ask the running gateway for its listeners");
+    }
 }

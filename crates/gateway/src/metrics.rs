@@ -109,6 +109,16 @@ label_values! {
     }
 }
 
+label_values! {
+    /// `sse_config_reloads_total{result}`: how a SIGHUP reload went.
+    Reload {
+        /// The file was read and its live keys applied.
+        Ok = "ok",
+        /// The file was refused whole; the old configuration stays.
+        Error = "error",
+    }
+}
+
 impl Closed {
     /// Why a stream with this end was closed.
     pub fn of(end: &StreamEnd) -> Self {
@@ -153,6 +163,7 @@ pub struct Metrics {
     pub upstream_confirmations: IntCounter,
     rejections: IntCounterVec,
     streams_closed: IntCounterVec,
+    reloads: IntCounterVec,
     /// `sse_rate_limited_clients`: addresses whose token bucket is tracked.
     pub rate_limited_clients: IntGauge,
     /// `sse_clients_with_streams`: addresses holding at least one stream slot.
@@ -262,6 +273,17 @@ impl Metrics {
         for reason in Closed::ALL {
             streams_closed.with_label_values(&[reason.label()]);
         }
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "sse_config_reloads_total",
+                "Configuration reloads (SIGHUP), by result.",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(reloads.clone()))?;
+        for result in Reload::ALL {
+            reloads.with_label_values(&[result.label()]);
+        }
         let rate_limited_clients = gauge(
             "sse_rate_limited_clients",
             "Client addresses whose token bucket is tracked (pruned when full again).",
@@ -278,6 +300,7 @@ impl Metrics {
             upstream_confirmations,
             rejections,
             streams_closed,
+            reloads,
             rate_limited_clients,
             clients_with_streams,
             hub,
@@ -303,6 +326,11 @@ impl Metrics {
         self.streams_closed
             .with_label_values(&[Closed::of(end).label()])
             .inc();
+    }
+
+    /// Counts one configuration reload.
+    pub fn reloaded(&self, result: Reload) {
+        self.reloads.with_label_values(&[result.label()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -337,6 +365,7 @@ mod tests {
             "sse_ring_bytes",
             "sse_pending_bytes",
             "sse_streams_closed_total",
+            "sse_config_reloads_total",
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
@@ -355,6 +384,9 @@ mod tests {
         }
         for reason in Closed::ALL {
             zero("sse_streams_closed_total", "reason", reason.label());
+        }
+        for result in Reload::ALL {
+            zero("sse_config_reloads_total", "result", result.label());
         }
     }
 

@@ -23,9 +23,10 @@ use tokio::io::AsyncReadExt;
 use crate::admission::{Client, Refusal};
 use crate::edge::{self, ApiError, RequestView, Response, Target};
 use crate::front::head;
+use crate::live::Live;
 use crate::metrics::Outcome;
 use crate::publish;
-use crate::routes::Routes;
+use crate::routes::{Route, Routes};
 use crate::sse::{self, StreamRequest};
 use crate::state::Gateway;
 use crate::stream_control;
@@ -34,26 +35,26 @@ use crate::stream_control;
 #[derive(Debug)]
 pub struct EdgeProxy {
     gateway: Arc<Gateway>,
-    routes: Arc<Routes>,
+    routes: Live<Routes>,
 }
 
 /// Per request: who sent it and the route chosen.
 #[derive(Debug, Default)]
 pub struct RequestCtx {
     client: Option<Client>,
-    route: Option<usize>,
+    route: Option<Arc<Route>>,
 }
 
 impl EdgeProxy {
     /// Handling for `gateway` with `routes`.
-    pub fn new(gateway: Arc<Gateway>, routes: Arc<Routes>) -> Self {
+    pub fn new(gateway: Arc<Gateway>, routes: Live<Routes>) -> Self {
         Self { gateway, routes }
     }
 
     /// Counts a refusal and answers it.
     async fn refuse(&self, session: &mut Session, refusal: Refusal) -> Result<bool> {
         refusal.count(&self.gateway.metrics);
-        let cors = edge::cors_headers(&self.gateway.cors, session.req_header());
+        let cors = edge::cors_headers(&self.gateway.cors.current(), session.req_header());
         Response::error(&refusal.error.with_headers(cors))
             .send(session)
             .await?;
@@ -64,7 +65,7 @@ impl EdgeProxy {
     /// writer runs over an in-process pipe whose bytes are relayed here, until either
     /// side ends.
     async fn open_stream(&self, session: &mut Session, client: Client) -> Result<bool> {
-        let cors = edge::cors_headers(&self.gateway.cors, session.req_header());
+        let cors = edge::cors_headers(&self.gateway.cors.current(), session.req_header());
         let admitted = {
             let request = StreamRequest::new(session.req_header(), client, cors.clone());
             sse::admit(&self.gateway.streams, &request).await
@@ -142,8 +143,10 @@ impl ProxyHttp for EdgeProxy {
         }
         let req = session.req_header();
         let preflight = req.method() == "OPTIONS";
-        let cors = &gateway.cors;
-        match edge::path::target(req.path(), &self.routes) {
+        let cors = gateway.cors.current();
+        let cors = &*cors;
+        let routes = self.routes.current();
+        match edge::path::target(req.path(), &routes) {
             Target::Events if preflight => {
                 edge::preflight(cors, req, "GET, OPTIONS")
                     .send(session)
@@ -157,12 +160,10 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Target::Events => self.open_stream(session, client).await,
-            Target::Publish => publish::handle(&gateway.publishing, &gateway.cors, session).await,
-            Target::StreamControl => {
-                stream_control::handle(&gateway.streams, &gateway.cors, session).await
-            }
+            Target::Publish => publish::handle(&gateway.publishing, cors, session).await,
+            Target::StreamControl => stream_control::handle(&gateway.streams, cors, session).await,
             Target::Tickets => match gateway.streams.tickets() {
-                Some(tickets) => tickets.handle(&gateway.cors, session).await,
+                Some(tickets) => tickets.handle(cors, session).await,
                 None => {
                     Response::error(&ApiError::not_found(req.path()))
                         .send(session)
@@ -179,7 +180,7 @@ impl ProxyHttp for EdgeProxy {
                 Ok(true)
             }
             Target::Route(index) => {
-                ctx.route = Some(index);
+                ctx.route = routes.get(index).cloned();
                 Ok(false)
             }
             Target::NotFound => {
@@ -198,7 +199,7 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
-            .and_then(|i| self.routes.get(i))
+            .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "no route"))?;
         route.peer().ok_or_else(|| {
             Error::explain(

@@ -12,7 +12,7 @@
 //! (a form POST needs no preflight), so anything else is `403` (send the token in
 //! `Authorization` instead).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use percent_encoding::percent_decode_str;
@@ -23,6 +23,7 @@ use sse_hub::Hub;
 use sse_topic::TopicName;
 
 use crate::edge::{self, ApiError, Cors, RequestView, Response};
+use crate::live::Live;
 use crate::metrics::{Metrics, Outcome};
 
 /// The publish API: where a body goes, how large it may be, who may send it.
@@ -32,10 +33,10 @@ pub struct Publishing {
     publisher: Publisher,
     /// Checks that a framed event fits the byte budgets.
     hub: Hub,
-    /// `limits.max_publish_bytes`, or the default.
-    max_publish_bytes: usize,
+    /// `limits.max_publish_bytes`, or the default (a reload may change it).
+    max_publish_bytes: AtomicUsize,
     /// Who may publish where, when `[auth]` is on.
-    auth: Option<Arc<Authorizer>>,
+    auth: Option<Live<Authorizer>>,
     /// `Retry-After` of a 503.
     retry_after_secs: u64,
     metrics: Metrics,
@@ -48,18 +49,26 @@ impl Publishing {
         publisher: Publisher,
         hub: Hub,
         max_publish_bytes: Option<usize>,
-        auth: Option<Arc<Authorizer>>,
+        auth: Option<Live<Authorizer>>,
         retry_after_secs: u64,
         metrics: Metrics,
     ) -> Self {
         Self {
             publisher,
             hub,
-            max_publish_bytes: max_publish_bytes.unwrap_or(DEFAULT_MAX_BODY),
+            max_publish_bytes: AtomicUsize::new(max_publish_bytes.unwrap_or(DEFAULT_MAX_BODY)),
             auth,
             retry_after_secs,
             metrics,
         }
+    }
+
+    /// Bodies up to `max_publish_bytes` (`None`: the default) from now on.
+    pub fn set_max_publish_bytes(&self, max_publish_bytes: Option<usize>) {
+        self.max_publish_bytes.store(
+            max_publish_bytes.unwrap_or(DEFAULT_MAX_BODY),
+            Ordering::Relaxed,
+        );
     }
 
     /// The largest body accepted now: the configured limit (or the default), never more
@@ -69,9 +78,8 @@ impl Publishing {
             .publisher
             .max_payload()
             .map(|max| max.saturating_sub(HEADER_ROOM));
-        bus.map_or(self.max_publish_bytes, |bus| {
-            self.max_publish_bytes.min(bus)
-        })
+        let configured = self.max_publish_bytes.load(Ordering::Relaxed);
+        bus.map_or(configured, |bus| configured.min(bus))
     }
 }
 
@@ -156,7 +164,7 @@ async fn publish(
         return Err(ApiError::method_not_allowed(req.method(), "POST"));
     }
     let request = parse(req.path(), req.query())?;
-    if let Some(auth) = &publishing.auth {
+    if let Some(auth) = publishing.auth.as_ref().map(Live::current) {
         let cookies = req.header_values("cookie");
         let found = auth.token_with_source(req.header("authorization"), &cookies, req.query());
         if found

@@ -1,9 +1,10 @@
 //! Reverse-proxy routes: `[[routes]]` path prefixes → upstream pools.
 //!
 //! Each route is a Pingora `LoadBalancer` (round robin over the healthy upstreams) with
-//! an active health check run as a background service: an HTTP GET of `health_check`
-//! expecting 2xx when configured, a TCP connect otherwise, every second. The longest
-//! matching prefix wins.
+//! an active health check: an HTTP GET of `health_check` expecting 2xx when configured, a
+//! TCP connect otherwise, every second, run by a task per pool that lives as long as the
+//! route set is the configured one (a reload starts the new set's and stops the old's).
+//! The longest matching prefix wins.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use pingora::lb::LoadBalancer;
 use pingora::lb::health_check::{HttpHealthCheck, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
-use pingora::prelude::{HttpPeer, background_service};
-use pingora::services::background::GenBackgroundService;
+use pingora::prelude::HttpPeer;
+use tokio::sync::watch;
 
 use crate::config::RouteSettings;
 
@@ -60,27 +61,46 @@ impl Route {
 }
 
 /// Every route, longest prefix first.
-#[derive(Debug, Default)]
-pub struct Routes(Vec<Route>);
+#[derive(Debug)]
+pub struct Routes {
+    routes: Vec<Arc<Route>>,
+    /// Set (when the set is dropped) to stop its health checks.
+    stop: watch::Sender<bool>,
+}
 
 impl Routes {
     /// The index of the route serving `path`.
     pub fn index_of(&self, path: &str) -> Option<usize> {
-        self.0.iter().position(|r| r.matches(path))
+        self.routes.iter().position(|r| r.matches(path))
     }
 
     /// The route at `index`.
-    pub fn get(&self, index: usize) -> Option<&Route> {
-        self.0.get(index)
+    pub fn get(&self, index: usize) -> Option<&Arc<Route>> {
+        self.routes.get(index)
+    }
+
+    /// Starts checking every pool's upstreams (on the current runtime), for as long as
+    /// this set lives.
+    pub fn start_health_checks(&self) {
+        for route in &self.routes {
+            let route = route.clone();
+            let stop = self.stop.subscribe();
+            tokio::spawn(async move { route.pool.run(stop, None).await });
+        }
     }
 }
 
-/// The routes' pools and the background services that health-check them.
-pub fn build(
-    settings: &[RouteSettings],
-) -> anyhow::Result<(Routes, Vec<GenBackgroundService<LoadBalancer<RoundRobin>>>)> {
+impl Drop for Routes {
+    /// A set replaced by a reload stops checking its upstreams once its last reader
+    /// lets go of it.
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+/// The routes' pools; their health checks start with [`Routes::start_health_checks`].
+pub fn build(settings: &[RouteSettings]) -> anyhow::Result<Routes> {
     let mut routes = Vec::new();
-    let mut services = Vec::new();
     for s in settings {
         let mut pool =
             LoadBalancer::<RoundRobin>::try_from_iter(s.upstreams.iter().map(String::as_str))
@@ -107,15 +127,16 @@ pub fn build(
             None => pool.set_health_check(TcpHealthCheck::new()),
         }
         pool.health_check_frequency = Some(HEALTH_EVERY);
-        let service = background_service(&format!("health {}", s.prefix), pool);
-        routes.push(Route {
+        routes.push(Arc::new(Route {
             prefix: s.prefix.clone(),
-            pool: service.task(),
+            pool: Arc::new(pool),
             connect_timeout: s.connect_timeout,
             read_timeout: s.read_timeout,
-        });
-        services.push(service);
+        }));
     }
     routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-    Ok((Routes(routes), services))
+    Ok(Routes {
+        routes,
+        stop: watch::channel(false).0,
+    })
 }

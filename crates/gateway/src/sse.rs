@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use sse_admission::{Caps, Slot};
 use sse_auth::{Authorizer, Denied, Grant};
-use sse_hub::{BodyFraming, Hub, StreamControl, Subscription, TopicName, WriterConfig};
+use sse_hub::{BodyFraming, Cadence, Hub, StreamControl, Subscription, TopicName, WriterConfig};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::admission::{self, Client, Refusal};
 use crate::config::{LimitSettings, SseSettings};
 use crate::edge::{ApiError, Connection, Headers, RequestView, Response, Version};
+use crate::live::Live;
 use crate::metrics::{Metrics, Outcome};
 use crate::operator::{Registry, StreamEntry, StreamId};
 use crate::request::parse_events_request;
@@ -41,7 +42,7 @@ pub struct Streams {
     /// Stream caps (global and per client).
     caps: Arc<Caps>,
     /// Who may read which topics, when `[auth]` is on.
-    pub(crate) auth: Option<Arc<Authorizer>>,
+    pub(crate) auth: Option<Live<Authorizer>>,
     /// Tickets, when `auth.ticket_secret` is set.
     tickets: Option<Tickets>,
     /// Every open stream, for the operator API; the blocks it set.
@@ -71,13 +72,12 @@ impl Streams {
         sse: &SseSettings,
         limits: &LimitSettings,
         grace_period: Duration,
-        auth: Option<Arc<Authorizer>>,
+        auth: Option<Live<Authorizer>>,
         tickets: Option<Tickets>,
         metrics: Metrics,
     ) -> Arc<Self> {
         let writer = WriterConfig {
-            heartbeat: sse.heartbeat,
-            retry: sse.retry,
+            cadence: Cadence::new(sse.heartbeat, sse.retry),
             write_timeout: sse.write_timeout,
             client_buffer: sse.client_buffer,
             client_buffer_bytes: sse.client_buffer_bytes,
@@ -104,6 +104,19 @@ impl Streams {
             open: AtomicU64::new(0),
             gone: Notify::new(),
         })
+    }
+
+    /// Applies a reloaded configuration's heartbeat, retry and caps: from now on, and
+    /// the heartbeat and retry to open streams too (from their next heartbeat). Streams
+    /// over a lowered cap stay open.
+    pub fn reconfigure(&self, sse: &SseSettings, limits: &LimitSettings) {
+        self.writer.cadence.set(sse.heartbeat, sse.retry);
+        self.caps
+            .set_limits(limits.max_connections, limits.max_connections_per_ip);
+        self.hub.set_topic_limits(
+            limits.max_topics,
+            usize::try_from(limits.max_subscribers_per_topic).unwrap_or(usize::MAX),
+        );
     }
 
     /// Tickets, when `auth.ticket_secret` is set.
@@ -249,7 +262,7 @@ pub async fn admit(streams: &Arc<Streams>, req: &StreamRequest<'_>) -> Result<Ad
         streams.max_topics_per_connection,
     )
     .map_err(|e| Refusal::bad_request(e.into()))?;
-    let grant = match &streams.auth {
+    let grant = match streams.auth.as_ref().map(Live::current) {
         Some(auth) => {
             let topics: Vec<&str> = events.topics.iter().map(|t| t.as_str()).collect();
             match (tickets::ticket_from(request.query()), &streams.tickets) {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use crate::admission::Admission;
 use crate::config::ServerSettings;
 use crate::edge::Cors;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::publish::Publishing;
 use crate::sse::Streams;
@@ -31,7 +32,7 @@ pub struct Gateway {
     /// `sse.write_timeout`: how long any write to a client may stall, answers included.
     pub write_timeout: Duration,
     /// Which browsers may read answers.
-    pub cors: Cors,
+    pub cors: Live<Cors>,
     /// Client identity, token buckets, the sockets cap.
     pub admission: Arc<Admission>,
     /// Event streams.

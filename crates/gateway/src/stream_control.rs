@@ -26,6 +26,7 @@ use sse_topic::TopicName;
 
 use crate::admission;
 use crate::edge::{self, ApiError, Cors, RequestView, Response};
+use crate::live::Live;
 use crate::operator::StreamId;
 use crate::publish::read_body;
 use crate::sse::Streams;
@@ -98,7 +99,7 @@ async fn change(
         .and_then(|id| streams.registry.get(&id))
         .ok_or_else(not_found)?;
     // Credentials first: nothing about the request is worth reading without them.
-    let token = match &streams.auth {
+    let token = match streams.auth.as_ref().map(Live::current) {
         None => None,
         Some(auth) => {
             let cookies = req.header_values("cookie");
@@ -165,7 +166,7 @@ async fn change(
             ),
         ));
     }
-    if let Some(auth) = &streams.auth {
+    if let Some(auth) = streams.auth.as_ref().map(Live::current) {
         let names: Vec<&str> = add.iter().map(TopicName::as_str).collect();
         auth.check_subscribe(token.as_deref(), &names)
             .map_err(|d| ApiError::denied(&d))?;

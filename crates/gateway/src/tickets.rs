@@ -14,7 +14,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::SystemTime;
 
 use pingora::proxy::Session;
@@ -23,6 +23,7 @@ use sse_bus::TicketLedger;
 
 use crate::admission::Refusal;
 use crate::edge::{self, ApiError, Cors, RequestView, Response};
+use crate::live::Live;
 
 /// The path of the ticket exchange.
 pub const TICKETS_PATH: &str = "/tickets";
@@ -30,7 +31,7 @@ pub const TICKETS_PATH: &str = "/tickets";
 /// Issues and redeems tickets.
 #[derive(Debug)]
 pub struct Tickets {
-    auth: Arc<Authorizer>,
+    auth: Live<Authorizer>,
     /// Ids redeemed on this instance, until their ticket expires.
     spent: Mutex<Spent>,
     /// Redemptions shared with the other instances (JetStream).
@@ -52,7 +53,11 @@ const MIN_SWEEP: usize = 1024;
 impl Tickets {
     /// Tickets of `auth` (which has `auth.ticket_secret`), shared through `ledger` when
     /// given.
-    pub fn new(auth: Arc<Authorizer>, ledger: Option<TicketLedger>, retry_after_secs: u64) -> Self {
+    pub fn new(
+        auth: Live<Authorizer>,
+        ledger: Option<TicketLedger>,
+        retry_after_secs: u64,
+    ) -> Self {
         Self {
             auth,
             spent: Mutex::new(Spent {
@@ -67,7 +72,11 @@ impl Tickets {
     /// Redeems `ticket` for a stream of `topics`: valid, never used before (here or, with
     /// the shared bucket, anywhere), and allowing every topic.
     pub async fn redeem(&self, ticket: &str, topics: &[&str]) -> Result<Grant, Refusal> {
-        let claims = self.auth.open_ticket(ticket).map_err(Refusal::denied)?;
+        let claims = self
+            .auth
+            .current()
+            .open_ticket(ticket)
+            .map_err(Refusal::denied)?;
         if !self.spend_here(&claims) {
             return Err(Refusal::denied(used()));
         }
@@ -86,6 +95,7 @@ impl Tickets {
             }
         }
         self.auth
+            .current()
             .check_subscribe_ticket(&claims, topics)
             .map_err(Refusal::denied)
     }
@@ -145,7 +155,10 @@ impl Tickets {
             .collect();
         let authorization = req.headers.get("authorization").map(|v| v.as_bytes());
         // Never the query: a JWT in a URL is what tickets replace.
-        let found = self.auth.token_with_source(authorization, &cookies, None);
+        let found = self
+            .auth
+            .current()
+            .token_with_source(authorization, &cookies, None);
         if found
             .as_ref()
             .is_some_and(|(_, source)| *source == TokenSource::Cookie)
@@ -156,6 +169,7 @@ impl Tickets {
         let token = found.map(|(token, _)| token);
         let ticket = self
             .auth
+            .current()
             .issue_ticket(token.as_deref())
             .map_err(|d| ApiError::denied(&d))?;
         Ok(Response::json(

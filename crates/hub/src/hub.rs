@@ -3,7 +3,7 @@
 use std::cmp::Ordering as By;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -223,6 +223,9 @@ impl Link {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub config: HubConfig,
+    /// `max_topics` and `max_subscribers_per_topic` as they are now: a reload changes
+    /// them for the next subscription ([`Hub::set_topic_limits`]).
+    limits: TopicLimits,
     /// Moments of receipt and delivery as nanoseconds.
     pub clock: Clock,
     pub epoch: RwLock<Epoch>,
@@ -249,6 +252,13 @@ pub(crate) struct Inner {
     /// Bumped when a topic's upstream subscription is confirmed or the connection
     /// state changes; waiters re-check their topics.
     pub readiness: watch::Sender<u64>,
+}
+
+/// The caps a reload may change.
+#[derive(Debug)]
+struct TopicLimits {
+    max_topics: AtomicUsize,
+    max_subscribers_per_topic: AtomicUsize,
 }
 
 /// The active topics, and among them the wildcard ones (for log-mode routing).
@@ -478,9 +488,14 @@ impl Hub {
         } else {
             Link::Starting
         };
+        let limits = TopicLimits {
+            max_topics: AtomicUsize::new(config.max_topics),
+            max_subscribers_per_topic: AtomicUsize::new(config.max_subscribers_per_topic),
+        };
         let hub = Self {
             inner: Arc::new(Inner {
                 config,
+                limits,
                 clock: Clock::new(),
                 epoch: RwLock::new(epoch),
                 metrics,
@@ -509,7 +524,18 @@ impl Hub {
         self.inner.epoch.read().clone()
     }
 
-    /// The hub's settings.
+    /// Changes `max_topics` and `max_subscribers_per_topic` for the subscriptions made
+    /// from now on; topics and streams over the new caps stay (a configuration reload).
+    pub fn set_topic_limits(&self, max_topics: usize, max_subscribers_per_topic: usize) {
+        let limits = &self.inner.limits;
+        limits.max_topics.store(max_topics, Ordering::Relaxed);
+        limits
+            .max_subscribers_per_topic
+            .store(max_subscribers_per_topic, Ordering::Relaxed);
+    }
+
+    /// The hub's settings as it was built (the topic caps may have changed since; see
+    /// [`Hub::set_topic_limits`]).
     pub fn config(&self) -> &HubConfig {
         &self.inner.config
     }
@@ -704,7 +730,11 @@ impl Hub {
     /// Gets or creates `name` and takes one subscriber slot on it.
     fn acquire(&self, name: &TopicName) -> Result<Arc<Topic>, SubscribeError> {
         let inner = &self.inner;
-        let max = inner.config.max_subscribers_per_topic;
+        let max = inner
+            .limits
+            .max_subscribers_per_topic
+            .load(Ordering::Relaxed);
+        let max_topics = inner.limits.max_topics.load(Ordering::Relaxed);
         let mut topics = inner.topics.lock();
         if let Some(topic) = topics.by_name.get(name) {
             let mut meta = topic.meta.lock();
@@ -724,10 +754,8 @@ impl Hub {
                 max,
             });
         }
-        if topics.by_name.len() >= inner.config.max_topics {
-            return Err(SubscribeError::TooManyTopics {
-                max: inner.config.max_topics,
-            });
+        if topics.by_name.len() >= max_topics {
+            return Err(SubscribeError::TooManyTopics { max: max_topics });
         }
         // A new topic knows nothing published before now. With core subscriptions not
         // even at the current watermark (its own upstream subscription is only being

@@ -126,4 +126,4 @@ pub use replay::{ReplayItem, ReplayRequest, ReplaySink, StreamGone};
 pub use seams::{History, SeamFuture, Source, Upstream};
 pub use subscription::{Drained, Subscription};
 pub use topic::{MAX_TOPIC_LEN, TopicError, TopicName};
-pub use writer::{BodyFraming, CLOSE_EVENT, StreamEnd, StreamReport, WriterConfig, serve};
+pub use writer::{BodyFraming, CLOSE_EVENT, Cadence, StreamEnd, StreamReport, WriterConfig, serve};

@@ -25,6 +25,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -46,13 +48,54 @@ pub enum BodyFraming {
     Raw,
 }
 
+/// The heartbeat period and the announced reconnection delay: shared by every writer
+/// and changeable while they run (`sse.heartbeat` and `sse.retry` on a configuration
+/// reload). A running stream takes a new heartbeat period from its next timer, and
+/// announces a new `retry:` with its next heartbeat.
+#[derive(Debug, Clone)]
+pub struct Cadence(Arc<CadenceNanos>);
+
+#[derive(Debug)]
+struct CadenceNanos {
+    heartbeat: AtomicU64,
+    retry: AtomicU64,
+}
+
+impl Cadence {
+    /// A heartbeat after `heartbeat` of silence; `retry` announced.
+    pub fn new(heartbeat: Duration, retry: Duration) -> Self {
+        Self(Arc::new(CadenceNanos {
+            heartbeat: AtomicU64::new(nanos(heartbeat)),
+            retry: AtomicU64::new(nanos(retry)),
+        }))
+    }
+
+    /// Changes both for every stream, open ones included.
+    pub fn set(&self, heartbeat: Duration, retry: Duration) {
+        self.0.heartbeat.store(nanos(heartbeat), Ordering::Relaxed);
+        self.0.retry.store(nanos(retry), Ordering::Relaxed);
+    }
+
+    /// Silence after which a comment is sent.
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_nanos(self.0.heartbeat.load(Ordering::Relaxed))
+    }
+
+    /// Reconnection delay announced at the start and at the end of a stream.
+    pub fn retry(&self) -> Duration {
+        Duration::from_nanos(self.0.retry.load(Ordering::Relaxed))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Settings of the writer, from `[sse]`.
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
-    /// Comment sent after this much silence.
-    pub heartbeat: Duration,
-    /// Reconnection delay announced at the start and at the end of a stream.
-    pub retry: Duration,
+    /// The heartbeat period and the announced `retry:` (live).
+    pub cadence: Cadence,
     /// A socket that accepts nothing for this long is cut.
     pub write_timeout: Duration,
     /// Frames a client may be behind while its socket is full.
@@ -189,6 +232,8 @@ pub(crate) struct Writer<'c, S> {
     timer_registered: bool,
     last_write: Instant,
     blocked_since: Option<Instant>,
+    /// The `retry:` this client was last told.
+    announced_retry: Duration,
     phase: Phase,
     input_seen: usize,
     frames_sent: u64,
@@ -211,10 +256,11 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             config,
             control,
             owed: Owed::default(),
-            timer: Box::pin(tokio::time::sleep_until(now + config.heartbeat)),
+            timer: Box::pin(tokio::time::sleep_until(now + config.cadence.heartbeat())),
             timer_registered: false,
             last_write: now,
             blocked_since: None,
+            announced_retry: config.cadence.retry(),
             phase: Phase::Streaming,
             input_seen: 0,
             frames_sent: 0,
@@ -226,7 +272,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     /// as one piece (one write).
     pub(crate) fn open(&mut self, head: &[u8]) {
         let mut body = BytesMut::with_capacity(64);
-        sse_framing::encode_retry(&mut body, millis(self.config.retry));
+        sse_framing::encode_retry(&mut body, millis(self.announced_retry));
         sse_framing::encode_comment(&mut body, "connected");
         body.extend_from_slice(b"\n");
         if let Some(event) = self.control.opening_event() {
@@ -608,7 +654,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
     /// timer.
     fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
         loop {
-            let heartbeat = self.last_write + self.config.heartbeat;
+            let heartbeat = self.last_write + self.config.cadence.heartbeat();
             let expiry = self.control.expires_at();
             let deadline = match (&self.phase, self.blocked_since) {
                 (_, Some(since)) => since + self.config.write_timeout,
@@ -661,12 +707,25 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            // Silence for a whole heartbeat: send a comment.
-            let heartbeat = match self.framing {
-                BodyFraming::Chunked => HEARTBEAT_CHUNKED,
-                BodyFraming::Raw => HEARTBEAT_RAW,
-            };
-            self.owe(Bytes::from_static(heartbeat), None);
+            // Silence for a whole heartbeat: send a comment (after a new `retry:`, when
+            // the configuration changed it since this client was told).
+            let retry = self.config.cadence.retry();
+            if retry == self.announced_retry {
+                let heartbeat = match self.framing {
+                    BodyFraming::Chunked => HEARTBEAT_CHUNKED,
+                    BodyFraming::Raw => HEARTBEAT_RAW,
+                };
+                self.owe(Bytes::from_static(heartbeat), None);
+            } else {
+                self.announced_retry = retry;
+                let mut body = BytesMut::with_capacity(40);
+                sse_framing::encode_retry(&mut body, millis(retry));
+                sse_framing::encode_comment(&mut body, "heartbeat");
+                body.extend_from_slice(b"\n");
+                let mut chunk = BytesMut::with_capacity(body.len() + CHUNK_HEADER_ROOM + 2);
+                self.frame_chunk(&mut chunk, &body);
+                self.owe(chunk.freeze(), None);
+            }
             match self.poll_write_owed(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(self.finish(StreamEnd::Io(e))),
@@ -687,7 +746,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             Ending::Closed(reason) => {
                 let data = format!(r#"{{"reason":"{}"}}"#, reason.as_str());
                 sse_framing::encode_event(&mut body, None, Some(CLOSE_EVENT), &data);
-                self.config.retry
+                self.config.cadence.retry()
             }
         };
         sse_framing::encode_retry(&mut body, millis(retry));

@@ -114,6 +114,7 @@ impl GatewayBuilder {
             File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
             let mut gateway = Gateway {
                 child: None,
+                previous: None,
                 pid: 0,
                 exit_status: None,
                 bin: self.bin.clone(),
@@ -148,6 +149,8 @@ impl GatewayBuilder {
 #[derive(Debug)]
 pub struct Gateway {
     child: Option<Child>,
+    /// The process an [`Gateway::upgrade`] took over from, until it is reaped.
+    previous: Option<Child>,
     pid: u32,
     exit_status: Option<ExitStatus>,
     bin: PathBuf,
@@ -237,19 +240,82 @@ impl Gateway {
     ///
     /// When `kill` cannot be run or fails on the unreaped process.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends SIGHUP: the gateway reads its config file again.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` cannot be run or fails on the unreaped process.
+    pub fn reload(&self) {
+        self.signal("HUP");
+    }
+
+    /// Sends `SIG<name>` to the process, if it runs.
+    ///
+    /// # Panics
+    ///
+    /// When `kill` cannot be run or fails on the unreaped process.
+    pub fn signal(&self, name: &str) {
         if self.child.is_none() {
             return;
         }
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid.to_string())
             .status()
-            .expect("cannot run `kill -TERM`");
+            .unwrap_or_else(|e| panic!("cannot run `kill -{name}`: {e}"));
         assert!(
             status.success(),
-            "`kill -TERM {}` failed: {status}",
+            "`kill -{name} {}` failed: {status}",
             self.pid
         );
+    }
+
+    /// Starts `<bin> --upgrade --config <file>` (log appended), which takes the running
+    /// process's listening sockets over; from then on this guard is the new process
+    /// ([`Self::pid`]), and the old one drains and exits: wait for it with
+    /// [`Self::wait_previous_exit`].
+    pub fn upgrade(&mut self) -> anyhow::Result<()> {
+        let mut log = OpenOptions::new()
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("open {}", self.log_path.display()))?;
+        writeln!(log, "=== sse-testkit: upgrading the gateway ===")?;
+        let mut command = command(&self.bin, "--config", &self.config_path);
+        command.arg("--upgrade");
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
+        let child = command
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("spawn {} --upgrade", self.bin.display()))?;
+        self.pid = child.id();
+        self.exit_status = None;
+        self.previous = self.child.replace(child);
+        Ok(())
+    }
+
+    /// Waits until the process an upgrade took over from exits, and returns its status.
+    pub async fn wait_previous_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(previous) = &mut self.previous else {
+                bail!("no upgrade in progress");
+            };
+            if let Some(status) = previous.try_wait().context("wait for the old gateway")? {
+                self.previous = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the old gateway still runs {timeout:?} after the upgrade; log:\n{}",
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Kills the process with SIGKILL and reaps it. Idempotent.
@@ -382,6 +448,10 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut previous) = self.previous.take() {
+            let _ = previous.kill();
+            let _ = previous.wait();
+        }
     }
 }
 

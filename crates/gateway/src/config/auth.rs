@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sse_auth::{AuthConfig, Authorizer, TicketConfig, VerifyKey};
 
 use super::{ConfigError, invalid};
 
 /// `[auth]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuth {
     /// Require tokens (except for public topics).

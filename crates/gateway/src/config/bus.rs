@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sse_bus::{JetStreamConfig, NatsBusConfig, ServerAddr};
 use sse_topic::TopicName;
 
 use super::{ConfigError, in_range, invalid};
 
 /// `[bus]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawBus {
     /// Where events come from.
@@ -17,7 +17,7 @@ pub struct RawBus {
 }
 
 /// `bus.kind`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BusKind {
     /// NATS (core subjects or a JetStream stream).
@@ -28,7 +28,7 @@ pub enum BusKind {
 }
 
 /// `[nats]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawNats {
     /// One server URL or a comma-separated list.
@@ -47,7 +47,7 @@ impl Default for RawNats {
 }
 
 /// `[jetstream]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawJetStream {
     /// Back every topic with a JetStream stream.

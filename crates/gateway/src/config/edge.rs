@@ -2,12 +2,12 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid, positive};
 
 /// `[cors]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCors {
     /// Origins allowed to use `/events` and `/publish` from a browser (`"*"`: any).
@@ -17,7 +17,7 @@ pub struct RawCors {
 }
 
 /// `[[routes]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Path prefix, e.g. `/api/orders`.

@@ -1,13 +1,13 @@
 //! `[limits]`: caps, token buckets, client identity, byte budgets over all rings.
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::sse::{MAX_BUDGET_BYTES, SseSettings};
 use super::{ConfigError, in_range, invalid};
 
 /// `[limits]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLimits {
     /// Streams open at once.

@@ -12,6 +12,7 @@
 mod auth;
 mod bus;
 mod edge;
+mod keys;
 mod limits;
 mod server;
 mod sse;
@@ -20,16 +21,18 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sse_auth::AuthConfig;
 use sse_bus::JetStreamConfig;
 
 pub use self::auth::RawAuth;
 pub use self::bus::{BusKind, NatsSettings, RawBus, RawJetStream, RawNats};
 pub use self::edge::{CorsSettings, RawCors, RawRoute, RouteSettings};
+pub use self::keys::{Change, Keys};
 pub use self::limits::{LimitSettings, RawLimits};
 pub use self::server::{
-    AdminSettings, LogFormat, RawAdmin, RawLog, RawServer, RawTls, ServerSettings, TlsSettings,
+    AdminSettings, DEFAULT_LOG_LEVEL, RawAdmin, RawLog, RawServer, RawTls, ServerSettings,
+    TlsSettings,
 };
 pub use self::sse::{RawSse, SseSettings};
 
@@ -103,7 +106,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// `gateway.toml` as written.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     /// `[server]`
@@ -169,6 +172,11 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `log.format = "json"`.
     pub log_json: bool,
+    /// `log.level`.
+    pub log_level: String,
+    /// Every key with its value as the file gave it or by default, for telling what a
+    /// reload changes.
+    pub keys: Keys,
 }
 
 impl Config {
@@ -184,6 +192,7 @@ impl Config {
 
     /// Validates what the file said.
     pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let keys = Keys::of(&raw);
         let RawConfig {
             server,
             admin,
@@ -202,6 +211,7 @@ impl Config {
         let (server, admin, tls) = server::validate(server, admin, tls)?;
         let sse = sse::validate(sse)?;
         let limits = limits::validate(limits, &sse)?;
+        let (log_json, log_level) = server::validate_log(log)?;
         Ok(Self {
             server,
             admin,
@@ -214,7 +224,9 @@ impl Config {
             cors: edge::validate_cors(cors)?,
             tls,
             auth: auth::validate(auth)?,
-            log_json: log.format == LogFormat::Json,
+            log_json,
+            log_level,
+            keys,
         })
     }
 }

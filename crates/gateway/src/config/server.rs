@@ -3,12 +3,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Secret, in_range, invalid, positive, socket_addr};
 
 /// `[server]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawServer {
     /// Public listener.
@@ -26,6 +26,9 @@ pub struct RawServer {
     pub keepalive_timeout: Duration,
     /// Accept cleartext HTTP/2 (prior knowledge) on the public listener.
     pub h2c: bool,
+    /// The Unix socket through which `--upgrade` takes the listening sockets over;
+    /// default: `sse-gateway-<port of server.listen>.upgrade.sock` in the temp directory.
+    pub upgrade_socket: Option<String>,
 }
 
 impl Default for RawServer {
@@ -37,12 +40,13 @@ impl Default for RawServer {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             h2c: true,
+            upgrade_socket: None,
         }
     }
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     /// Admin listener (`/metrics`, `/healthz`, `/readyz`, the operator API).
@@ -70,7 +74,7 @@ pub struct AdminSettings {
 }
 
 /// `[tls]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// Address of the TLS listener.
@@ -82,15 +86,45 @@ pub struct RawTls {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLog {
     /// `text` (default) or `json`.
     pub format: LogFormat,
+    /// What is logged: a level (`info`) or `RUST_LOG`-style directives
+    /// (`info,sse_gateway=debug`). `RUST_LOG`, when set, wins.
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+        }
+    }
+}
+
+/// `log.level` by default: our lines at info, Pingora's own at warn.
+pub const DEFAULT_LOG_LEVEL: &str = "info,pingora_core=warn,pingora_proxy=warn";
+
+/// `[log]`, validated: whether lines are JSON, and the level directives.
+pub fn validate_log(raw: RawLog) -> Result<(bool, String), ConfigError> {
+    let level = raw.level.trim().to_owned();
+    if level.is_empty() {
+        return Err(invalid("log.level", "is empty; say e.g. \"info\""));
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+        return Err(invalid(
+            "log.level",
+            format!("{level:?} is not a level or a list of directives: {e}"),
+        ));
+    }
+    Ok((raw.format == LogFormat::Json, level))
 }
 
 /// `log.format`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -115,6 +149,8 @@ pub struct ServerSettings {
     pub keepalive_timeout: Duration,
     /// Cleartext HTTP/2 accepted.
     pub h2c: bool,
+    /// Where `--upgrade` receives the listening sockets.
+    pub upgrade_socket: String,
 }
 
 /// A validated `[tls]`.
@@ -135,8 +171,20 @@ pub(super) fn validate(
     admin: RawAdmin,
     tls: Option<RawTls>,
 ) -> Result<(ServerSettings, AdminSettings, Option<TlsSettings>), ConfigError> {
+    let listen = socket_addr("server.listen", &server.listen)?;
+    let upgrade_socket = match server.upgrade_socket {
+        Some(path) if path.trim().is_empty() => {
+            return Err(invalid("server.upgrade_socket", "is empty"));
+        }
+        Some(path) => path,
+        None => std::env::temp_dir()
+            .join(format!("sse-gateway-{}.upgrade.sock", listen.port()))
+            .display()
+            .to_string(),
+    };
     let server = ServerSettings {
-        listen: socket_addr("server.listen", &server.listen)?,
+        listen,
+        upgrade_socket,
         threads: in_range("server.threads", server.threads, 1, 1024)?,
         grace_period: server.grace_period,
         header_timeout: positive("server.header_timeout", server.header_timeout)?,

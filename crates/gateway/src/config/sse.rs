@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sse_hub::TopicName;
 
 use super::{ConfigError, in_range, invalid, positive};
 
 /// `[sse]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSse {
     /// Comment after this much silence.

@@ -42,6 +42,7 @@ use self::head::{BodyLength, HeadError, RequestHead, read_head};
 use self::rewound::Rewound;
 use crate::admission::{Client, Refusal};
 use crate::edge::{self, ApiError, Connection, Response, Target};
+use crate::live::Live;
 use crate::metrics::Outcome;
 use crate::proxy::EdgeProxy;
 use crate::routes::Routes;
@@ -55,7 +56,7 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PublicApp {
     gateway: Arc<Gateway>,
     proxy: Arc<HttpProxy<EdgeProxy>>,
-    routes: Arc<Routes>,
+    routes: Live<Routes>,
 }
 
 impl std::fmt::Debug for PublicApp {
@@ -69,7 +70,7 @@ impl PublicApp {
     pub fn new(
         gateway: Arc<Gateway>,
         proxy: Arc<HttpProxy<EdgeProxy>>,
-        routes: Arc<Routes>,
+        routes: Live<Routes>,
     ) -> Self {
         Self {
             gateway,
@@ -221,7 +222,7 @@ impl Http1<'_> {
                     self.answer(stream, &head, &answer, keep).await
                 }
                 Ok(()) => {
-                    let target = edge::path::target(head.path(), &self.app.routes);
+                    let target = edge::path::target(head.path(), &self.app.routes.current());
                     match self
                         .dispatch(stream, &head, target, client, keep_alive)
                         .await
@@ -249,7 +250,8 @@ impl Http1<'_> {
         keep_alive: bool,
     ) -> Option<Next> {
         let gateway = &self.app.gateway;
-        let cors = &gateway.cors;
+        let cors = gateway.cors.current();
+        let cors = &*cors;
         let preflight = head.method == "OPTIONS";
         let answer = match target {
             Target::Events if preflight => edge::preflight(cors, head, "GET, OPTIONS"),
@@ -419,7 +421,7 @@ fn refused(
 ) -> (Response, bool) {
     refusal.count(&gateway.metrics);
     let keep = keep_alive && !head.has_body() && !refusal.closes();
-    let cors = edge::cors_headers(&gateway.cors, head);
+    let cors = edge::cors_headers(&gateway.cors.current(), head);
     (
         Response::error(&refusal.error.clone().with_headers(cors)),
         keep,

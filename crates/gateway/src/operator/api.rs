@@ -7,6 +7,8 @@
 //! | `GET /api/streams[?topic=|sub=|ip=][&limit=N][&after=ID]` | `{"streams":[{"id","ip","sub","topics","opened_at","events_sent","pending_bytes"}…]}`, by id |
 //! | `DELETE /api/streams/{id}[?block=D]` | `{"closed":N}`; 404 for an unknown id |
 //! | `DELETE /api/streams?sub=|topic=|ip=…[&block=D]` | `{"closed":N}` |
+//! | `POST /api/upgrade` | `202 {"upgrading":true}`: hand the listening sockets to the process started with `--upgrade` (which calls this), then drain and exit |
+//! | `GET /api/config` | `{"keys":{"sse.retry":"\"3s\"",…}}`: the configuration in force, every key with its TOML value (secrets as `sha256:` fingerprints), for `--check-config --against` |
 //!
 //! With `admin.token` set, every call needs `Authorization: Bearer <token>` (else 401).
 //! Lists return at most `limit` entries (default [`DEFAULT_LIMIT`], at most
@@ -25,8 +27,9 @@ use serde::Serialize;
 use sse_hub::{CloseReason, Hub, TopicInfo};
 
 use super::registry::{BlockKey, Filter, Registry, StreamEntry, StreamId};
-use crate::config::Secret;
+use crate::config::{Keys, Secret};
 use crate::edge::{ApiError, Response};
+use crate::shutdown::UpgradeRequest;
 
 /// Entries per list when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -45,6 +48,10 @@ pub struct OperatorApi<'a> {
     pub registry: &'a Registry,
     /// `admin.token`.
     pub token: Option<&'a Secret>,
+    /// The configuration in force.
+    pub config: &'a Keys,
+    /// Starts a hand-over to a new process.
+    pub upgrade: &'a UpgradeRequest,
 }
 
 /// One call: method, path (still percent-encoded), raw query, `Authorization`.
@@ -79,6 +86,22 @@ impl OperatorApi<'_> {
             ("GET" | "HEAD", None) if rest == "streams" => self.streams(&query),
             ("DELETE", None) if rest == "streams" => self.close(&query),
             ("DELETE", Some(("streams", id))) => self.close_one(id, &query),
+            ("GET" | "HEAD", None) if rest == "config" => Ok(Response::json(
+                200,
+                &serde_json::json!({ "keys": self.config }),
+            )),
+            (_, None) if rest == "config" => Err(ApiError::method_not_allowed(call.method, "GET")),
+            ("POST", None) if rest == "upgrade" => {
+                tracing::info!("POST /api/upgrade: a new process takes the listening sockets over");
+                self.upgrade.request();
+                Ok(Response::json(
+                    202,
+                    &serde_json::json!({ "upgrading": true }),
+                ))
+            }
+            (_, None) if rest == "upgrade" => {
+                Err(ApiError::method_not_allowed(call.method, "POST"))
+            }
             (_, None) if rest == "topics" => Err(ApiError::method_not_allowed(call.method, "GET")),
             (_, Some(("topics", _))) => Err(ApiError::method_not_allowed(call.method, "GET")),
             (_, None) if rest == "streams" => {

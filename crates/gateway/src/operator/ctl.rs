@@ -124,37 +124,9 @@ pub fn main(args: CtlArgs) -> ExitCode {
 fn run(args: CtlArgs) -> anyhow::Result<()> {
     let (base, token) = target(&args)?;
     let (method, path, query) = request(&args.command);
-    let mut url = reqwest::Url::parse(&base)
-        .with_context(|| format!("{base:?} is not a URL"))?
-        .join(&path)
-        .context("building the URL")?;
-    if !query.is_empty() {
-        url.query_pairs_mut().extend_pairs(query);
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a runtime")?;
-    let (status, body) = runtime
-        .block_on(async {
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()?;
-            let mut request = client.request(method, url.clone());
-            if let Some(token) = &token {
-                request = request.bearer_auth(token);
-            }
-            let response = request.send().await?;
-            let status = response.status();
-            Ok::<_, reqwest::Error>((status, response.text().await?))
-        })
-        .with_context(|| format!("calling {url}"))?;
+    let (status, body) = call(&base, token.as_deref(), method, &path, &query)?;
     if !status.is_success() {
-        let message = serde_json::from_str::<Value>(&body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        bail!("{status}: {message}");
+        bail!("{status}: {}", message_of(&body));
     }
     if args.json {
         println!("{}", body.trim_end());
@@ -163,6 +135,54 @@ fn run(args: CtlArgs) -> anyhow::Result<()> {
     let value: Value = serde_json::from_str(&body).context("the answer is not JSON")?;
     print!("{}", table(&args.command, &value));
     Ok(())
+}
+
+/// One call to the admin listener at `base`: the status and the body.
+pub fn call(
+    base: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+) -> anyhow::Result<(reqwest::StatusCode, String)> {
+    let mut url = reqwest::Url::parse(base)
+        .with_context(|| format!("{base:?} is not a URL"))?
+        .join(path)
+        .context("building the URL")?;
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime")?;
+    runtime
+        .block_on(async {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let mut request = client.request(method, url.clone());
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+        .with_context(|| format!("calling {url}"))
+}
+
+/// The API's message in an error body (or the body as it is).
+pub fn message_of(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| body.to_owned())
+}
+
+/// The admin listener of `config` as a base URL.
+pub fn admin_url(config: &Config) -> String {
+    format!("http://{}/", reachable(config.admin.listen))
 }
 
 /// The admin base URL and token: the flags, else the configuration file.
@@ -174,7 +194,7 @@ fn target(args: &CtlArgs) -> anyhow::Result<(String, Option<String>)> {
         Config::load(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let base = match &args.admin {
         Some(admin) => admin.clone(),
-        None => format!("http://{}/", reachable(config.admin.listen)),
+        None => admin_url(&config),
     };
     let token = args
         .token

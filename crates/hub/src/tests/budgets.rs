@@ -180,13 +180,12 @@ proptest! {
 async fn a_thousand_stalled_streams_hold_one_copy_of_their_frame() {
     use std::task::{Context, Waker};
 
-    use crate::{BodyFraming, WriterConfig, writer::Writer};
+    use crate::{BodyFraming, Cadence, WriterConfig, writer::Writer};
 
     let (hub, feed) = super::hub_with(16, 16);
     let t = topic("one");
     let config = WriterConfig {
-        heartbeat: Duration::from_secs(60),
-        retry: Duration::from_secs(3),
+        cadence: Cadence::new(Duration::from_secs(60), Duration::from_secs(3)),
         write_timeout: Duration::from_secs(60),
         client_buffer: 16,
         client_buffer_bytes: 4 << 20,

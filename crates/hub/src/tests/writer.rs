@@ -8,13 +8,12 @@ use crate::writer::Writer;
 use std::sync::Arc;
 
 use crate::{
-    BodyFraming, CloseReason, StreamControl, StreamEnd, StreamReport, WriterConfig, serve,
+    BodyFraming, Cadence, CloseReason, StreamControl, StreamEnd, StreamReport, WriterConfig, serve,
 };
 
 fn config() -> WriterConfig {
     WriterConfig {
-        heartbeat: Duration::from_secs(15),
-        retry: Duration::from_secs(3),
+        cadence: Cadence::new(Duration::from_secs(15), Duration::from_secs(3)),
         write_timeout: Duration::from_secs(10),
         client_buffer: 8,
         client_buffer_bytes: 4 * 1024 * 1024,
@@ -153,6 +152,24 @@ async fn heartbeat_after_silence() {
     read_some(&mut client).await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     assert!(read_some(&mut client).await.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reloaded_cadence_reaches_open_streams() {
+    let (hub, _feed) = hub_with(16, 8);
+    let config = config();
+    let cadence = config.cadence.clone();
+    let (mut client, _task) = spawn_writer(&hub, "a", 4096, config);
+    read_some(&mut client).await;
+    // A shorter heartbeat and a new retry: the open stream's next timer uses the
+    // former, its next heartbeat announces the latter, once.
+    cadence.set(Duration::from_secs(5), Duration::from_millis(7500));
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let body = read_some(&mut client).await;
+    assert_eq!(chunks(&body), [b"retry: 7500\n: heartbeat\n\n".to_vec()]);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let body = read_some(&mut client).await;
+    assert_eq!(chunks(&body), [b": heartbeat\n\n".to_vec()]);
 }
 
 #[tokio::test]
