@@ -174,3 +174,56 @@ async fn an_upgrade_with_no_running_gateway_fails_clearly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot ask the running gateway"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_upgrade_request_hands_nothing_over() {
+    let nats = NatsServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("upgrade.sock");
+    let gw = ready(&nats, |b| {
+        b.set(
+            "server",
+            "upgrade_socket",
+            &format!("\"{}\"", socket.display()),
+        )
+    })
+    .await;
+    let mut stream = open(&gw, "/events/stray").await;
+
+    // SIGQUIT with no new process waiting: logged, and the gateway serves on.
+    gw.signal("QUIT");
+    eventually(Duration::from_secs(15), "the refusal is logged", || async {
+        anyhow::ensure!(gw.log().contains("no hand-over, serving on"));
+        Ok(())
+    })
+    .await
+    .unwrap();
+
+    // A socket at the path that belongs to another user gets nothing (as root only:
+    // elsewhere a test cannot make a file another user's).
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let chowned = std::process::Command::new("chown")
+        .arg("65534")
+        .arg(&socket)
+        .status()
+        .is_ok_and(|s| s.success());
+    if chowned {
+        let r = http::request(gw.admin_addr(), "POST", "/api/upgrade", &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 202, "{}", r.text());
+        eventually(WAIT, "the foreign socket is refused", || async {
+            anyhow::ensure!(gw.log().contains("not to this process's user"));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    }
+    drop(listener);
+
+    let nc = nats.client().await.unwrap();
+    publish(&nc, "sse.stray", "still here", None).await.unwrap();
+    assert_eq!(stream.next_event(WAIT).await.unwrap().data, "still here");
+    gw.wait_ready(WAIT).await.unwrap();
+    a_normal_client_still_streams(&gw, "after.stray").await;
+}

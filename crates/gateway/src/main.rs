@@ -459,6 +459,7 @@ fn run(config: Config, path: PathBuf, log: logging::LogLevel, upgrade: bool) -> 
             streams.clone(),
             config.server.grace_period,
             upgrade_request,
+            PathBuf::from(&config.server.upgrade_socket),
         )),
     });
     tracing::info!(

@@ -13,6 +13,8 @@
 //! phase) are its streams ended as on SIGTERM: their clients reconnect, and the only
 //! process accepting is the new one. When the last stream has ended the process exits 0.
 
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,15 +47,59 @@ pub struct DrainOnSignal {
     /// `server.grace_period`.
     grace: Duration,
     upgrade: UpgradeRequest,
+    /// `server.upgrade_socket`.
+    upgrade_socket: PathBuf,
 }
 
 impl DrainOnSignal {
-    /// A watcher that gives `streams` up to `grace` to end.
-    pub fn new(streams: Arc<Streams>, grace: Duration, upgrade: UpgradeRequest) -> Self {
+    /// A watcher that gives `streams` up to `grace` to end, and hands the listeners over
+    /// through `upgrade_socket`.
+    pub fn new(
+        streams: Arc<Streams>,
+        grace: Duration,
+        upgrade: UpgradeRequest,
+        upgrade_socket: PathBuf,
+    ) -> Self {
         Self {
             streams,
             grace,
             upgrade,
+            upgrade_socket,
+        }
+    }
+}
+
+/// How long a hand-over waits for the new process's socket to appear.
+const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether `path` is a Unix socket owned by this process's user, waiting up to
+/// [`SOCKET_WAIT`] for it: the listening sockets go only to a process of the same user
+/// (another user could otherwise bind the path in a shared directory and ask for them).
+async fn new_process_waits_at(path: &Path) -> Result<(), String> {
+    let ours = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .map_err(|e| format!("cannot tell this process's user: {e}"))?;
+    let deadline = Instant::now() + SOCKET_WAIT;
+    loop {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() && m.uid() == ours => return Ok(()),
+            Ok(m) if m.file_type().is_socket() => {
+                return Err(format!(
+                    "{} belongs to user {}, not to this process's user {ours}",
+                    path.display(),
+                    m.uid()
+                ));
+            }
+            Ok(_) => return Err(format!("{} is not a socket", path.display())),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "no process waits at {} ({e}); start the new one with --upgrade",
+                    path.display()
+                ));
+            }
         }
     }
 }
@@ -72,16 +118,29 @@ impl ShutdownSignalWatch for DrainOnSignal {
                 return ShutdownSignal::FastShutdown;
             }
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining (again to stop at once)"),
-            _ = quit.recv() => {
-                tracing::info!("SIGQUIT: handing the listening sockets to the new process");
-                return ShutdownSignal::GracefulUpgrade;
-            }
-            () = self.upgrade.requested() => {
-                tracing::info!("upgrade asked for: handing the listening sockets to the new process");
-                return ShutdownSignal::GracefulUpgrade;
+        loop {
+            let asked_by = tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: draining");
+                    break;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: draining (again to stop at once)");
+                    break;
+                }
+                _ = quit.recv() => "SIGQUIT",
+                () = self.upgrade.requested() => "POST /api/upgrade",
+            };
+            match new_process_waits_at(&self.upgrade_socket).await {
+                Ok(()) => {
+                    tracing::info!(
+                        asked_by,
+                        socket = %self.upgrade_socket.display(),
+                        "handing the listening sockets to the new process"
+                    );
+                    return ShutdownSignal::GracefulUpgrade;
+                }
+                Err(why) => tracing::error!(asked_by, "no hand-over, serving on: {why}"),
             }
         }
         let grace = self.grace;
