@@ -116,7 +116,15 @@ pub fn auth_on(b: GatewayBuilder) -> GatewayBuilder {
 /// With auth on: a client reading the public `news.check` gets what a service with a
 /// publishing token sends there.
 pub async fn a_normal_client_still_streams_with_auth(gw: &Gateway) {
-    let jwt = hs256(serde_json::json!({"publish": [">"], "exp": now() + 600}));
+    a_normal_client_still_streams_with_key(gw, AUTH_SECRET).await;
+}
+
+/// [`a_normal_client_still_streams_with_auth`] for a gateway whose HS256 key is `secret`.
+pub async fn a_normal_client_still_streams_with_key(gw: &Gateway, secret: &str) {
+    let jwt = hs256_with(
+        secret,
+        serde_json::json!({"publish": [">"], "exp": now() + 600}),
+    );
     let mut s = open(gw, "/events/news.check").await;
     let r = http::request(
         gw.addr(),
@@ -142,11 +150,16 @@ pub const AUTH_SECRET: &str = "an-hs256-secret-for-the-black-box-tests";
 
 /// A token signed with [`AUTH_SECRET`].
 pub fn hs256(claims: serde_json::Value) -> String {
+    hs256_with(AUTH_SECRET, claims)
+}
+
+/// A token signed with `secret`.
+pub fn hs256_with(secret: &str, claims: serde_json::Value) -> String {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     encode(
         &Header::new(Algorithm::HS256),
         &claims,
-        &EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
 }
