@@ -87,10 +87,12 @@ fn build() -> Result<Package, String> {
     std::fs::create_dir_all(&root).map_err(|e| format!("creating {}: {e}", root.display()))?;
     let deb = out_dir.join("sse-gateway.deb");
 
+    // --fast: lighter compression (8 s instead of 45 s for the unoptimized binary);
+    // --no-dbgsym: the binary is stripped all the same, its symbols are not packaged.
     let mut cargo_deb = Command::new(&cargo);
     cargo_deb
         .args(["deb", "-p", "sse-gateway", "--no-build", "--locked"])
-        .args(["--profile", profile, "--fast", "--output"])
+        .args(["--profile", profile, "--fast", "--no-dbgsym", "--output"])
         .arg(&deb)
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
