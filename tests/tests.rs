@@ -18,6 +18,7 @@ mod hostile;
 mod js_client;
 mod lifecycle;
 mod operator;
+mod package;
 mod publish;
 mod reload;
 mod resume;
