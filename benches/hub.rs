@@ -46,6 +46,7 @@ fn message() -> Incoming {
         payload: Bytes::from_static(br#"{"order":42,"status":"paid"}"#),
         event_type: None,
         received: Instant::now(),
+        trace: None,
     }
 }
 

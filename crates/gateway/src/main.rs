@@ -243,6 +243,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 confirmations: metrics.upstream_confirmations.clone(),
                 aggregate: config.sse.aggregate.clone(),
                 jetstream: config.jetstream.clone(),
+                tracer: None,
             });
             let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), source);
             let bus = bus.attach(feed);

@@ -197,7 +197,7 @@ async fn publish(
     }
     publishing
         .publisher
-        .publish(&request.topic, body, request.event.as_deref())
+        .publish(&request.topic, body, request.event.as_deref(), None)
         .await
         .map_err(|e| match e {
             PublishError::Timeout => ApiError::gateway_timeout(e.to_string()),
