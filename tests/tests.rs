@@ -26,3 +26,4 @@ mod stream_control;
 mod subscribe;
 mod tokens;
 mod topics;
+mod tracing;

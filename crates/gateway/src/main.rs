@@ -18,6 +18,7 @@ mod edge;
 mod front;
 mod metrics;
 mod operator;
+mod otlp;
 mod preflight;
 mod proxy;
 mod publish;
@@ -208,6 +209,13 @@ fn run(config: Config) -> anyhow::Result<()> {
     preflight::check_bindable("admin.listen", config.admin.listen)?;
 
     let metrics = Metrics::new().context("registering metrics")?;
+    // Traces when `[tracing]` names an endpoint; without one nothing is done per message.
+    let traces = config
+        .tracing
+        .as_ref()
+        .map(otlp::Traces::start)
+        .transpose()?;
+    let tracer = traces.as_ref().map(|t| t.tracer().clone());
     let hub_config = HubConfig {
         replay_window: config.sse.replay_window,
         client_buffer: config.sse.client_buffer,
@@ -243,7 +251,7 @@ fn run(config: Config) -> anyhow::Result<()> {
                 confirmations: metrics.upstream_confirmations.clone(),
                 aggregate: config.sse.aggregate.clone(),
                 jetstream: config.jetstream.clone(),
-                tracer: None,
+                tracer: tracer.clone(),
             });
             let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), source);
             let bus = bus.attach(feed);
@@ -298,6 +306,7 @@ fn run(config: Config) -> anyhow::Result<()> {
             auth,
             retry_after,
             metrics.clone(),
+            tracer,
         ),
         metrics: metrics.clone(),
     });
@@ -380,5 +389,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         stream_slots = streams.slots(),
         "stopped"
     );
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     Ok(())
 }

@@ -6,8 +6,8 @@
 //!
 //! One file per part of the file: `server` (`[server]`, `[admin]`, `[tls]`, `[log]`),
 //! `sse`, `limits`, `bus` (`[bus]`, `[nats]`, `[jetstream]`), `edge` (`[[routes]]`,
-//! `[cors]`) and `auth`. A new key is a field of its `Raw*` struct, its default, its
-//! check in that file's `validate`, and a row in docs/config.md.
+//! `[cors]`), `auth` and `tracing`. A new key is a field of its `Raw*` struct, its
+//! default, its check in that file's `validate`, and a row in docs/config.md.
 
 mod auth;
 mod bus;
@@ -15,6 +15,7 @@ mod edge;
 mod limits;
 mod server;
 mod sse;
+mod tracing;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -32,6 +33,7 @@ pub use self::server::{
     AdminSettings, LogFormat, RawAdmin, RawLog, RawServer, RawTls, ServerSettings, TlsSettings,
 };
 pub use self::sse::{RawSse, SseSettings};
+pub use self::tracing::{RawTracing, TracingSettings};
 
 /// A secret from the file (a token): shown as `<redacted>` by `Debug`, compared in
 /// constant time.
@@ -130,6 +132,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// `[log]`
     pub log: RawLog,
+    /// `[tracing]`
+    pub tracing: RawTracing,
 }
 
 impl RawConfig {
@@ -169,6 +173,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     /// `log.format = "json"`.
     pub log_json: bool,
+    /// `[tracing]`, when an endpoint is set.
+    pub tracing: Option<TracingSettings>,
 }
 
 impl Config {
@@ -197,6 +203,7 @@ impl Config {
             tls,
             auth,
             log,
+            tracing,
         } = raw;
         let (bus, nats, jetstream) = bus::validate(bus, nats, jetstream)?;
         let (server, admin, tls) = server::validate(server, admin, tls)?;
@@ -215,6 +222,7 @@ impl Config {
             tls,
             auth: auth::validate(auth)?,
             log_json: log.format == LogFormat::Json,
+            tracing: tracing::validate(tracing)?,
         })
     }
 }
