@@ -313,9 +313,8 @@ fn ingest(hub: &Feed, topic_start: usize, tracer: Option<&Tracer>, message: &jet
     let published = published_instant(info.published.unix_timestamp_nanos(), now_unix_nanos());
     let span = crate::trace::ingest_span(
         tracer,
-        message
-            .headers
-            .as_ref()
+        tracer
+            .and(message.headers.as_ref())
             .and_then(|h| h.get(TRACEPARENT))
             .map(|v| v.as_str().as_bytes()),
     )

@@ -656,7 +656,8 @@ fn ingest(
         .and_then(|v| v.as_str().parse().ok());
     let span = crate::trace::ingest_span(
         tracer,
-        headers
+        tracer
+            .and(headers)
             .and_then(|h| h.get(TRACEPARENT))
             .map(|v| v.as_str().as_bytes()),
     )

@@ -12,6 +12,7 @@ use sse_trace::{Kind, Span, SpanContext, Tracer};
 
 /// The `ingest` span of a message whose `traceparent` header is `traceparent`, when it
 /// is recorded; `None` (nothing made) when tracing is off or the trace not sampled.
+/// Callers look the header up only when there is a tracer.
 pub(crate) fn ingest_span(tracer: Option<&Tracer>, traceparent: Option<&[u8]>) -> Option<Span> {
     let tracer = tracer?;
     let parent = traceparent.and_then(|value| SpanContext::from_traceparent(value).ok());
