@@ -28,4 +28,5 @@ mod stream_control;
 mod subscribe;
 mod tokens;
 mod topics;
+mod tracing;
 mod upgrade;

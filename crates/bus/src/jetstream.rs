@@ -38,6 +38,7 @@ use futures::StreamExt;
 use sse_hub::{
     Epoch, Feed, Incoming, ReplayRequest, ReplaySink, ResetReason, SeamFuture, TopicName,
 };
+use sse_trace::{Span, TRACEPARENT, Tracer};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
@@ -186,6 +187,7 @@ pub(crate) async fn run_live(
     config: JetStreamConfig,
     prefix: String,
     history: HistoryWriter,
+    tracer: Option<Tracer>,
     mut shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
 ) {
     let js = jetstream::new(client);
@@ -280,7 +282,7 @@ pub(crate) async fn run_live(
                             read = true;
                             backoff.reset();
                         }
-                        ingest(&hub, topic_start, &message);
+                        ingest(&hub, topic_start, tracer.as_ref(), &message);
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "the stream consumer failed; recreating it");
@@ -300,7 +302,7 @@ pub(crate) async fn run_live(
 
 /// Hands one message of the stream to the hub. Its delivery latency is measured from
 /// the stream's timestamp of it.
-fn ingest(hub: &Feed, topic_start: usize, message: &jetstream::Message) {
+fn ingest(hub: &Feed, topic_start: usize, tracer: Option<&Tracer>, message: &jetstream::Message) {
     let Ok(info) = message.info() else {
         return;
     };
@@ -309,7 +311,24 @@ fn ingest(hub: &Feed, topic_start: usize, message: &jetstream::Message) {
         return;
     };
     let published = published_instant(info.published.unix_timestamp_nanos(), now_unix_nanos());
-    hub.ingest_logged(subject, seq, incoming(message, published));
+    let span = crate::trace::ingest_span(
+        tracer,
+        tracer
+            .and(message.headers.as_ref())
+            .and_then(|h| h.get(TRACEPARENT))
+            .map(|v| v.as_str().as_bytes()),
+    )
+    .map(|mut span| {
+        span.set("messaging.destination.name", message.subject.to_string());
+        span.set("sse.stream_sequence", seq);
+        span
+    });
+    let mut msg = incoming(message, published);
+    msg.trace = span.as_ref().and_then(Span::parent);
+    let outcome = hub.ingest_logged(subject, seq, msg);
+    if let Some(span) = span {
+        crate::trace::end_ingest(span, subject, message.payload.len(), outcome);
+    }
 }
 
 /// What the hub takes of a message of the stream (a logged message needs no publish
@@ -319,6 +338,7 @@ fn incoming(message: &jetstream::Message, received: Instant) -> Incoming {
         payload: message.payload.clone(),
         event_type: event_type(message.headers.as_ref()),
         received,
+        trace: None,
     }
 }
 

@@ -21,6 +21,7 @@ mod jetstream;
 mod nats;
 mod publish;
 mod tickets;
+mod trace;
 mod wire;
 
 pub use async_nats::ServerAddr;

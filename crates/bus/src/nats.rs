@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::stream::{AbortHandle, AbortRegistration, Abortable, BoxStream, SelectAll};
 use prometheus::{IntCounter, IntGauge};
 use sse_hub::{Feed, Incoming, Ingested, Source, TopicName, Upstream};
+use sse_trace::{Span, TRACEPARENT, Tracer};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::jetstream::{HistoryWriter, JetStreamConfig};
@@ -55,6 +56,9 @@ pub struct NatsBusConfig {
     pub aggregate: Vec<TopicName>,
     /// Read topics from a JetStream stream instead of core subscriptions.
     pub jetstream: Option<JetStreamConfig>,
+    /// Records an `ingest` span per sampled message (`None`: tracing off, nothing done
+    /// per message).
+    pub tracer: Option<Tracer>,
 }
 
 /// Errors of the NATS adapter.
@@ -299,6 +303,7 @@ impl NatsBus {
                     js,
                     self.config.subject_prefix,
                     writer,
+                    self.config.tracer,
                     shutdown.as_mut(),
                 )
                 .await;
@@ -321,6 +326,7 @@ impl NatsBus {
                 demand: &demand,
                 connected: &self.config.connected_gauge,
                 confirmations: &self.config.confirmations,
+                tracer: self.config.tracer.as_ref(),
             };
             wire.run(shutdown.as_mut()).await;
             if let Err(e) = tokio::time::timeout(Duration::from_secs(1), client.drain()).await {
@@ -359,7 +365,13 @@ impl NatsBus {
                 Some(new) = state.new_subs.1.recv() => state.add(new),
                 Some((topic, generation, message)) = state.streams.next(), if !state.streams.is_empty() => {
                     match message {
-                        Some(message) => ingest(&self.feed, &self.pending, &topic, message),
+                        Some(message) => ingest(
+                            &self.feed,
+                            &self.pending,
+                            self.config.tracer.as_ref(),
+                            &topic,
+                            message,
+                        ),
                         None => state.ended(&topic, generation),
                     }
                 }
@@ -630,12 +642,29 @@ pub(crate) fn event_type(headers: Option<&async_nats::HeaderMap>) -> Option<Stri
 /// Hands a message to the hub. A message this process published itself (its
 /// [`PUBLISH_HEADER`] marker is pending) is timed from its publish, and its publisher is
 /// told the sequence it got.
-fn ingest(feed: &Feed, pending: &Pending, topic: &TopicName, message: Message) {
+fn ingest(
+    feed: &Feed,
+    pending: &Pending,
+    tracer: Option<&Tracer>,
+    topic: &TopicName,
+    message: Message,
+) {
     let headers = message.headers.as_ref();
     let event_type = event_type(headers);
     let marker: Option<u64> = headers
         .and_then(|h| h.get(PUBLISH_HEADER))
         .and_then(|v| v.as_str().parse().ok());
+    let span = crate::trace::ingest_span(
+        tracer,
+        tracer
+            .and(headers)
+            .and_then(|h| h.get(TRACEPARENT))
+            .map(|v| v.as_str().as_bytes()),
+    )
+    .map(|mut span| {
+        span.set("messaging.destination.name", message.subject.to_string());
+        span
+    });
     ingest_parts(
         feed,
         pending,
@@ -643,11 +672,12 @@ fn ingest(feed: &Feed, pending: &Pending, topic: &TopicName, message: Message) {
         message.payload,
         event_type,
         marker,
+        span,
     );
 }
 
 /// [`ingest`] for a message already taken apart: its payload, its [`EVENT_HEADER`]
-/// (empty: no type) and its [`PUBLISH_HEADER`] marker.
+/// (empty: no type), its [`PUBLISH_HEADER`] marker and its `ingest` span (when traced).
 pub(crate) fn ingest_parts(
     feed: &Feed,
     pending: &Pending,
@@ -655,16 +685,22 @@ pub(crate) fn ingest_parts(
     payload: bytes::Bytes,
     event_type: Option<String>,
     marker: Option<u64>,
+    span: Option<Span>,
 ) {
     let started = marker.and_then(|m| pending.started(m));
+    let payload_len = payload.len();
     let outcome = feed.ingest_named(
         topic,
         Incoming {
             payload,
             event_type,
             received: started.unwrap_or_else(Instant::now),
+            trace: span.as_ref().and_then(Span::parent),
         },
     );
+    if let Some(span) = span {
+        crate::trace::end_ingest(span, topic, payload_len, outcome);
+    }
     match outcome {
         Ingested::Stored(seq) => {
             if let Some(marker) = marker {

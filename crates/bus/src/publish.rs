@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use sse_hub::{Feed, Incoming, Ingested, SubscribeError, TopicName};
+use sse_trace::{Span, TRACEPARENT};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
@@ -138,12 +139,16 @@ impl Publisher {
     /// Publishes `payload` on `topic` with an optional event type; returns the event id.
     ///
     /// The event's delivery latency is measured from this call (with the memory bus and
-    /// core NATS; a JetStream message from the stream's timestamp).
+    /// core NATS; a JetStream message from the stream's timestamp). With `trace` (the
+    /// publish request's span, tracing on) the message carries its context: a
+    /// `traceparent` header on NATS, so that the `ingest` span continues the trace (or
+    /// knows it is not sampled); in embedded mode the hub's `fanout` spans go under it.
     pub async fn publish(
         &self,
         topic: &TopicName,
         payload: Bytes,
         event_type: Option<&str>,
+        trace: Option<&Span>,
     ) -> Result<String, PublishError> {
         let started = Instant::now();
         match self {
@@ -152,6 +157,7 @@ impl Publisher {
                     payload,
                     event_type: event_type.map(str::to_owned),
                     received: started,
+                    trace: trace.and_then(Span::parent),
                 };
                 match feed.publish_local(topic, msg)? {
                     (_, Some(id)) => Ok(id),
@@ -175,6 +181,9 @@ impl Publisher {
                 let mut headers = HeaderMap::new();
                 if let Some(event) = event_type {
                     headers.insert(EVENT_HEADER, event);
+                }
+                if let Some(span) = trace {
+                    headers.insert(TRACEPARENT, span.context().traceparent().as_str());
                 }
                 if *jetstream {
                     publish_jetstream(feed, client, subject, headers, payload).await

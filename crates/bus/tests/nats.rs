@@ -50,6 +50,7 @@ async fn setup_with(linger: Duration, families: &[&str]) -> Setup {
             .map(|f| TopicName::parse(f, true).unwrap())
             .collect(),
         jetstream: None,
+        tracer: None,
     });
     let (hub, feed) = Hub::new(
         HubConfig {

@@ -23,6 +23,7 @@ mod live;
 mod logging;
 mod metrics;
 mod operator;
+mod otlp;
 mod preflight;
 mod proxy;
 mod publish;
@@ -260,6 +261,13 @@ fn run(config: Config, path: PathBuf, log: logging::LogLevel, upgrade: bool) -> 
     reload::ignore_hangup_until_watched().context("installing the SIGHUP handler")?;
 
     let metrics = Metrics::new().context("registering metrics")?;
+    // Traces when `[tracing]` names an endpoint; without one nothing is done per message.
+    let traces = config
+        .tracing
+        .as_ref()
+        .map(otlp::Traces::start)
+        .transpose()?;
+    let tracer = traces.as_ref().map(|t| t.tracer().clone());
     let hub_config = HubConfig {
         replay_window: config.sse.replay_window,
         client_buffer: config.sse.client_buffer,
@@ -295,6 +303,7 @@ fn run(config: Config, path: PathBuf, log: logging::LogLevel, upgrade: bool) -> 
                 confirmations: metrics.upstream_confirmations.clone(),
                 aggregate: config.sse.aggregate.clone(),
                 jetstream: config.jetstream.clone(),
+                tracer: tracer.clone(),
             });
             let (hub, feed) = Hub::new(hub_config, epoch, metrics.hub.clone(), source);
             let bus = bus.attach(feed);
@@ -352,6 +361,7 @@ fn run(config: Config, path: PathBuf, log: logging::LogLevel, upgrade: bool) -> 
             auth.clone(),
             retry_after,
             metrics.clone(),
+            tracer,
         ),
         metrics: metrics.clone(),
     });
@@ -468,6 +478,9 @@ fn run(config: Config, path: PathBuf, log: logging::LogLevel, upgrade: bool) -> 
         stream_slots = streams.slots(),
         "stopped"
     );
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     Ok(())
 }
 

@@ -6,6 +6,11 @@
 //! limit is 1 MiB less [`HEADER_ROOM`], and never more than the NATS server's
 //! `max_payload` less that room, so a body that can never fit is never a retryable 503.
 //!
+//! Traces (`[tracing]` on): each request is a `publish` span, continuing the request's
+//! `traceparent` when it has one (else a new trace, sampled at `tracing.sampling_ratio`);
+//! the NATS message carries the span's context in its own `traceparent`, so the
+//! `ingest` span of every gateway that receives it continues the same trace.
+//!
 //! Cross-site requests: a token taken from the auth cookie is honoured only for requests
 //! from this gateway's own origin or an origin listed in `cors.allowed_origins` with
 //! `cors.allow_credentials = true`; a browser attaches cookies to requests any site makes
@@ -21,6 +26,7 @@ use sse_auth::Authorizer;
 use sse_bus::{PublishError, Publisher};
 use sse_hub::Hub;
 use sse_topic::TopicName;
+use sse_trace::{Kind, Span, SpanContext, TRACEPARENT, Tracer};
 
 use crate::edge::{self, ApiError, Cors, RequestView, Response};
 use crate::live::Live;
@@ -40,11 +46,13 @@ pub struct Publishing {
     /// `Retry-After` of a 503.
     retry_after_secs: u64,
     metrics: Metrics,
+    /// Tracing on: each request is a `publish` span.
+    tracer: Option<Tracer>,
 }
 
 impl Publishing {
     /// Publishing through `publisher`; bodies up to `max_publish_bytes` (`None`: the
-    /// default), checked against `hub`'s budgets.
+    /// default), checked against `hub`'s budgets; requests traced with `tracer`.
     pub fn new(
         publisher: Publisher,
         hub: Hub,
@@ -52,6 +60,7 @@ impl Publishing {
         auth: Option<Live<Authorizer>>,
         retry_after_secs: u64,
         metrics: Metrics,
+        tracer: Option<Tracer>,
     ) -> Self {
         Self {
             publisher,
@@ -60,6 +69,7 @@ impl Publishing {
             auth,
             retry_after_secs,
             metrics,
+            tracer,
         }
     }
 
@@ -139,11 +149,25 @@ pub async fn handle(
     session: &mut Session,
 ) -> pingora::Result<bool> {
     let headers = edge::cors_headers(cors, session.req_header());
-    let answer = match publish(publishing, cors, session).await {
-        Ok(id) => Response::json(202, &serde_json::json!({ "id": id })),
+    let mut span = publishing
+        .tracer
+        .as_ref()
+        .map(|tracer| publish_span(tracer, session.req_header()));
+    let answer = match publish(publishing, cors, session, span.as_mut()).await {
+        Ok(id) => {
+            if let Some(span) = span.as_mut().filter(|s| s.is_recording()) {
+                span.set("sse.event_id", id.clone());
+                span.set("http.response.status_code", 202u32);
+            }
+            Response::json(202, &serde_json::json!({ "id": id }))
+        }
         Err(error) => {
             if matches!(error.status, 401 | 403) {
                 publishing.metrics.count(Outcome::Unauthorized);
+            }
+            if let Some(span) = span.as_mut().filter(|s| s.is_recording()) {
+                span.set("http.response.status_code", u32::from(error.status));
+                span.set_error(error.code);
             }
             // The body may be unread: the connection is not worth draining.
             session.set_keepalive(None);
@@ -154,16 +178,31 @@ pub async fn handle(
     Ok(true)
 }
 
+/// The `publish` span of a request: under its `traceparent` when it has a valid one.
+fn publish_span(tracer: &Tracer, req: &pingora::http::RequestHeader) -> Span {
+    let parent = req
+        .headers
+        .get(TRACEPARENT)
+        .and_then(|v| SpanContext::from_traceparent(v.as_bytes()).ok());
+    let mut span = tracer.start("publish", Kind::Server, parent.as_ref());
+    span.set("http.request.method", "POST");
+    span
+}
+
 async fn publish(
     publishing: &Publishing,
     cors: &Cors,
     session: &mut Session,
+    mut span: Option<&mut Span>,
 ) -> Result<String, ApiError> {
     let req = session.req_header();
     if req.method() != "POST" {
         return Err(ApiError::method_not_allowed(req.method(), "POST"));
     }
     let request = parse(req.path(), req.query())?;
+    if let Some(span) = span.as_mut().filter(|s| s.is_recording()) {
+        span.set("sse.topic", request.topic.to_string());
+    }
     if let Some(auth) = publishing.auth.as_ref().map(Live::current) {
         let cookies = req.header_values("cookie");
         let found = auth.token_with_source(req.header("authorization"), &cookies, req.query());
@@ -187,6 +226,9 @@ async fn publish(
         return Err(ApiError::payload_too_large(max));
     }
     let body = read_body(session, max).await?;
+    if let Some(span) = span.as_mut() {
+        span.set("messaging.message.body.size", body.len());
+    }
     let Ok(data) = std::str::from_utf8(&body) else {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -205,7 +247,12 @@ async fn publish(
     }
     publishing
         .publisher
-        .publish(&request.topic, body, request.event.as_deref())
+        .publish(
+            &request.topic,
+            body,
+            request.event.as_deref(),
+            span.as_deref(),
+        )
         .await
         .map_err(|e| match e {
             PublishError::Timeout => ApiError::gateway_timeout(e.to_string()),

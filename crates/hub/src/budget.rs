@@ -23,14 +23,13 @@
 //! A frame held by several rings (a wildcard topic's copy, a shared reset) counts once
 //! per ring: the budget over-counts shared memory, never under-counts it.
 //!
-//! Evicted frames are handed to the caller (`graveyard`) so that the last reference, and
-//! with it the free of a large frame, is dropped after the ingest lock is released.
+//! Evicted entries are handed to the caller (`graveyard`) so that the last reference, and
+//! with it the free of a large frame (or the end of a sampled message's fan-out span), is
+//! dropped after the ingest lock is released.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use bytes::Bytes;
 
 use crate::hub::Topic;
 use crate::ring::{Entry, Ring};
@@ -69,7 +68,7 @@ impl Budget {
 
     /// Pushes `entry` into `topic`'s ring, then evicts what the ring's budget and the
     /// global budget require, oldest first.
-    pub fn push(&mut self, topic: &Arc<Topic>, entry: Entry, graveyard: &mut Vec<Bytes>) {
+    pub fn push(&mut self, topic: &Arc<Topic>, entry: Entry, graveyard: &mut Vec<Entry>) {
         let mut ring = topic.ring.write();
         self.total += entry.frame.len() as u64;
         ring.push(entry);
@@ -90,11 +89,11 @@ impl Budget {
 
     /// Forgets `topic`'s frames: the topic left the hub, or the log it mirrors was
     /// replaced (then its history starts after `complete_after`).
-    pub fn clear(&mut self, topic: &Arc<Topic>, complete_after: u64, graveyard: &mut Vec<Bytes>) {
+    pub fn clear(&mut self, topic: &Arc<Topic>, complete_after: u64, graveyard: &mut Vec<Entry>) {
         let mut ring = topic.ring.write();
         for entry in ring.clear(complete_after) {
             self.total -= entry.frame.len() as u64;
-            graveyard.push(entry.frame);
+            graveyard.push(entry);
         }
         topic.head.store(ring.head_pos(), Ordering::Release);
         if let Some(seq) = ring.indexed.take() {
@@ -103,7 +102,7 @@ impl Budget {
     }
 
     /// Over the global budget: evicts the oldest frame across all rings until under it.
-    fn enforce_total(&mut self, graveyard: &mut Vec<Bytes>) {
+    fn enforce_total(&mut self, graveyard: &mut Vec<Entry>) {
         while self.total > self.max_total {
             let Some(((key, id), topic)) = self.fronts.pop_first() else {
                 break;
@@ -125,10 +124,10 @@ impl Budget {
         }
     }
 
-    fn evict_front(&mut self, ring: &mut Ring, graveyard: &mut Vec<Bytes>) {
+    fn evict_front(&mut self, ring: &mut Ring, graveyard: &mut Vec<Entry>) {
         if let Some(old) = ring.pop_front() {
             self.total -= old.frame.len() as u64;
-            graveyard.push(old.frame);
+            graveyard.push(old);
         }
     }
 }
@@ -149,6 +148,7 @@ mod tests {
             seq,
             frame: Bytes::from(vec![b'x'; len]),
             received: 0,
+            trace: None,
         }
     }
 

@@ -3,7 +3,7 @@
 use std::cmp::Ordering as By;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -164,6 +164,10 @@ pub struct Incoming {
     /// When the gateway received it, or when it was published when that is known (its
     /// delivery latency is measured from this).
     pub received: Instant,
+    /// The sampled trace it belongs to (its `ingest` or `publish` span), if any: the hub
+    /// adds a `fanout` span under it for each topic it is stored in (see
+    /// `docs/operations.md`, "Tracing with a collector"). `None` costs nothing.
+    pub trace: Option<sse_trace::Parent>,
 }
 
 /// What [`Hub::ingest`] did with a message.
@@ -354,6 +358,12 @@ pub(crate) struct Topic {
     pub notify: Arc<Notify>,
     /// A reset frame is owed to readers before the next upstream frame.
     pub gap_pending: AtomicBool,
+    /// Streams reading the topic (cursors on it): a sampled message's fan-out waits for
+    /// these.
+    pub readers: AtomicU32,
+    /// A sampled message's frame has entered the ring: a stream leaving with frames
+    /// unread gives its share of their fan-out spans back.
+    pub traced: AtomicBool,
     pub meta: Mutex<TopicMeta>,
 }
 
@@ -393,6 +403,8 @@ impl Topic {
             retired: AtomicBool::new(false),
             notify: Arc::new(Notify::new()),
             gap_pending: AtomicBool::new(false),
+            readers: AtomicU32::new(0),
+            traced: AtomicBool::new(false),
             meta: Mutex::new(TopicMeta {
                 subscribers: 0,
                 idle_since: None,

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::fanout::Fanout;
 use crate::hub::{
     Feed, FrameTooLarge, Hub, Incoming, IngestState, Ingested, Link, RESET_EVENT, ResetReason,
     SubscribeError, Topic,
@@ -129,6 +130,15 @@ impl Hub {
         }
     }
 
+    /// Starts the fan-out span of a sampled message stored in `topic`, waiting for the
+    /// streams reading it now (`None`: no stream, the span already ended).
+    fn start_fanout(&self, parent: &sse_trace::Parent, topic: &Topic) -> Option<Arc<Fanout>> {
+        let streams = topic.readers.load(Ordering::Acquire);
+        let fanout = Fanout::start(parent, topic.name.as_str(), streams, self.inner.clock)?;
+        topic.traced.store(true, Ordering::Release);
+        Some(fanout)
+    }
+
     /// The frame that tells a client its history could not be honoured; its id is the
     /// position the client's stream continues from.
     pub(crate) fn reset_frame(&self, seq: u64, reason: ResetReason) -> Bytes {
@@ -218,6 +228,11 @@ impl Feed {
             self.hub.push_gaps(self.hub.all_topics(), true);
         }
         let received = inner.clock.nanos(msg.received);
+        // A sampled message's fan-out span starts now (made outside the lock).
+        let mut trace = msg
+            .trace
+            .as_ref()
+            .and_then(|parent| self.hub.start_fanout(parent, &topic));
         let mut graveyard = Graveyard::take();
         let seq = {
             let mut ingest = inner.ingest.lock();
@@ -232,6 +247,7 @@ impl Feed {
                 seq,
                 frame,
                 received,
+                trace: trace.take(),
             };
             ingest.budget.push(&topic, entry, &mut graveyard);
             inner.metrics.ring_bytes.set(gauge(ingest.budget.total()));
@@ -394,6 +410,14 @@ impl Feed {
                 .map(|body| (body, data))
                 .ok_or(Ingested::TooLarge),
         };
+        // Sampled: one fan-out span per topic, started outside the lock.
+        let mut traces = match (&msg.trace, &body) {
+            (Some(parent), Ok(_)) => topics
+                .iter()
+                .map(|topic| self.hub.start_fanout(parent, topic))
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut graveyard = Graveyard::take();
         let mut ingest = inner.ingest.lock();
         if seq <= ingest.seq {
@@ -406,7 +430,7 @@ impl Feed {
             Ok((body, data)) => {
                 let comment = self.hub.topic_comment(subject);
                 let frame = body.frame(&mut ingest.ids, seq, comment, &msg, data);
-                for topic in &topics {
+                for (i, topic) in topics.iter().enumerate() {
                     if topic.retired.load(Ordering::Acquire) {
                         continue;
                     }
@@ -414,6 +438,7 @@ impl Feed {
                         seq,
                         frame: frame.clone(),
                         received: inner.clock.nanos(msg.received),
+                        trace: traces.get_mut(i).and_then(Option::take),
                     };
                     ingest.budget.push(topic, entry, &mut graveyard);
                 }
@@ -586,12 +611,13 @@ impl Unnumbered {
     }
 }
 
-/// Frames evicted under the ingest lock, freed once it is released. A per-thread
-/// vector, reused: the bus's read loop ingests on one thread.
-struct Graveyard(Vec<Bytes>);
+/// Entries evicted under the ingest lock, freed once it is released (a large frame's
+/// memory, a sampled message's unfinished fan-out span). A per-thread vector, reused:
+/// the bus's read loop ingests on one thread.
+struct Graveyard(Vec<Entry>);
 
 thread_local! {
-    static GRAVEYARD: std::cell::Cell<Vec<Bytes>> = const { std::cell::Cell::new(Vec::new()) };
+    static GRAVEYARD: std::cell::Cell<Vec<Entry>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl Graveyard {
@@ -606,14 +632,14 @@ impl Graveyard {
 }
 
 impl std::ops::Deref for Graveyard {
-    type Target = Vec<Bytes>;
-    fn deref(&self) -> &Vec<Bytes> {
+    type Target = Vec<Entry>;
+    fn deref(&self) -> &Vec<Entry> {
         &self.0
     }
 }
 
 impl std::ops::DerefMut for Graveyard {
-    fn deref_mut(&mut self) -> &mut Vec<Bytes> {
+    fn deref_mut(&mut self) -> &mut Vec<Entry> {
         &mut self.0
     }
 }
@@ -641,6 +667,7 @@ impl IngestState {
             seq,
             frame: encode_reset(self.ids.format(seq), reason),
             received,
+            trace: None,
         }
     }
 }

@@ -33,6 +33,7 @@
 //!     payload: "hello".into(),
 //!     event_type: None,
 //!     received: tokio::time::Instant::now(),
+//!     trace: None,
 //! });
 //! let mut out = bytes::BytesMut::new();
 //! sub.drain_into(&mut out, 64, 64 * 1024);
@@ -82,6 +83,14 @@
 //! its last byte is taken by the socket, counting from [`Incoming::received`] (which the
 //! bus sets to the publish time when it knows it).
 //!
+//! ## Traces
+//! A message that carries a sampled trace ([`Incoming::trace`]) gets one `fanout` span per
+//! topic it is stored in — never one per stream — counting the streams reading the topic
+//! at that moment, and ending when each of them has had the frame written to its socket
+//! (the last write is its `last_write` event) or will never have it (cut, gone); at the
+//! latest when the frame has left the ring and no stream still owes it. A message
+//! without one carries `None`, and nothing is made for it.
+//!
 //! ## Upstream gaps
 //! When the upstream connection drops, every active topic gets one `gateway.reset`
 //! `upstream_gap` frame at once (one sequence shared by all topics, so a stream over
@@ -97,6 +106,7 @@
 mod budget;
 mod clock;
 mod control;
+mod fanout;
 mod histogram;
 mod hub;
 mod id;

@@ -9,12 +9,16 @@
 //! write time, or hand them to a vectored write; never into a buffer of the stream's own.
 //!
 //! Each segment that ends an event frame carries when the event was received, so the
-//! event is counted as delivered (and its latency observed) when its last byte is taken.
+//! event is counted as delivered (and its latency observed) when its last byte is taken,
+//! and, for a sampled message, the stream's share of its fan-out span, settled then (or
+//! given up when the stream ends owing it).
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, Bytes, BytesMut};
+
+use crate::fanout::Claim;
 
 /// Segments a stream owes its socket; allocates only while something is owed.
 #[derive(Debug, Default)]
@@ -30,6 +34,8 @@ struct Segment {
     /// Set when this segment's last byte ends an event frame received then (on the
     /// hub's clock).
     event: Option<u64>,
+    /// The stream's share of the frame's fan-out span (a sampled message).
+    claim: Option<Claim>,
 }
 
 impl Owed {
@@ -48,20 +54,25 @@ impl Owed {
         self.events
     }
 
-    /// Owes `bytes` after everything owed so far; `event` when they end an event frame.
-    pub fn push(&mut self, bytes: Bytes, event: Option<u64>) {
+    /// Owes `bytes` after everything owed so far; `event` when they end an event frame
+    /// (with the stream's `claim` on its fan-out span, for a sampled message).
+    pub fn push(&mut self, bytes: Bytes, event: Option<u64>, claim: Option<Claim>) {
         if bytes.is_empty() {
             return;
         }
         self.bytes += bytes.len();
         self.events += usize::from(event.is_some());
-        self.segments.push_back(Segment { bytes, event });
+        self.segments.push_back(Segment {
+            bytes,
+            event,
+            claim,
+        });
     }
 
     /// The socket took `n` bytes from the front: calls `delivered` with the receipt time
-    /// of each event frame whose last byte is now written. Gives the queue's memory
-    /// back once empty.
-    pub fn advance(&mut self, mut n: usize, mut delivered: impl FnMut(u64)) {
+    /// (and the fan-out claim) of each event frame whose last byte is now written. Gives
+    /// the queue's memory back once empty.
+    pub fn advance(&mut self, mut n: usize, mut delivered: impl FnMut(u64, Option<Claim>)) {
         while n > 0 {
             let Some(front) = self.segments.front_mut() else {
                 break;
@@ -78,7 +89,7 @@ impl Owed {
                 && let Some(received) = segment.event
             {
                 self.events -= 1;
-                delivered(received);
+                delivered(received, segment.claim);
             }
         }
         if self.segments.is_empty() {
@@ -128,23 +139,23 @@ mod tests {
     fn advancing_counts_events_at_their_last_byte() {
         let mut owed = Owed::default();
         let t = 7;
-        owed.push(Bytes::from_static(b"5\r\n"), None);
-        owed.push(Bytes::from_static(b"abc"), Some(t));
-        owed.push(Bytes::from_static(b"de"), Some(t));
-        owed.push(Bytes::from_static(b"\r\n"), None);
-        owed.push(Bytes::new(), Some(t));
+        owed.push(Bytes::from_static(b"5\r\n"), None, None);
+        owed.push(Bytes::from_static(b"abc"), Some(t), None);
+        owed.push(Bytes::from_static(b"de"), Some(t), None);
+        owed.push(Bytes::from_static(b"\r\n"), None, None);
+        owed.push(Bytes::new(), Some(t), None);
         assert_eq!((owed.bytes(), owed.events()), (10, 2));
         let mut done = 0;
-        owed.advance(5, |_| done += 1);
+        owed.advance(5, |_, _| done += 1);
         assert_eq!((owed.bytes(), owed.events(), done), (5, 2, 0));
-        owed.advance(1, |_| done += 1);
+        owed.advance(1, |_, _| done += 1);
         assert_eq!((owed.bytes(), owed.events(), done), (4, 1, 1));
         let mut buf = BytesMut::new();
         owed.copy_front(&mut buf, 3);
         assert_eq!(&buf[..], b"de\r");
         let mut slices = [IoSlice::new(&[]); 4];
         assert_eq!(owed.io_slices(&mut slices), 2);
-        owed.advance(4, |_| done += 1);
+        owed.advance(4, |_, _| done += 1);
         assert_eq!((owed.bytes(), owed.events(), done), (0, 0, 2));
         assert!(owed.is_empty());
         assert_eq!(owed.segments.capacity(), 0, "memory given back");

@@ -12,8 +12,11 @@
 //! bytes per ring, bytes over all rings) is decided by [`crate::budget`].
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
+
+use crate::fanout::Fanout;
 
 /// Slots a ring keeps when shrinking.
 const MIN_SLOTS: usize = 8;
@@ -28,6 +31,8 @@ pub(crate) struct Entry {
     /// When the message reached the gateway (or was published, when known), on the
     /// hub's [`crate::clock::Clock`]: for the delivery latency histogram.
     pub received: u64,
+    /// The fan-out span of a sampled message (`None` for every other frame).
+    pub trace: Option<Arc<Fanout>>,
 }
 
 /// An entry as the ring holds it.
@@ -228,6 +233,7 @@ mod tests {
             seq,
             frame: Bytes::from(format!("id: {seq}\ndata: x\n\n")),
             received: 0,
+            trace: None,
         }
     }
 
@@ -236,6 +242,7 @@ mod tests {
             seq,
             frame: Bytes::from(vec![b'x'; len]),
             received: 0,
+            trace: None,
         }
     }
 

@@ -17,7 +17,9 @@
 //! (16 bytes), and once where its frames are (a single topic's are consecutive ring
 //! positions), so that a writer can count each event when its last byte is written and,
 //! when the socket takes only part of a batch, keep handles to the unwritten frames
-//! ([`Subscription::handles`]) instead of a copy.
+//! ([`Subscription::handles`]) instead of a copy. A frame of a sampled message also
+//! gives the drain a share of its fan-out span ([`crate::fanout`]), which the writer
+//! settles when the frame is written.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -31,6 +33,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::fanout::{Claim, Fanout};
 use crate::hub::{Hub, Topic};
 use crate::replay::ReplayItem;
 use crate::topic::TopicName;
@@ -47,6 +50,7 @@ pub(crate) struct Cursor {
 
 impl Cursor {
     pub(crate) fn new(topic: Arc<Topic>, pos: u64, offset: u64) -> Self {
+        topic.readers.fetch_add(1, Ordering::AcqRel);
         Self {
             topic,
             pos,
@@ -70,6 +74,29 @@ impl Cursor {
     }
 }
 
+impl Drop for Cursor {
+    /// The stream stops reading the topic: the sampled messages' frames it had not
+    /// drained yet will never be written to it, so it gives their fan-out spans its share
+    /// back (outside the ring's lock). Nothing to do unless a sampled message ever
+    /// entered the ring and the stream is behind.
+    fn drop(&mut self) {
+        self.topic.readers.fetch_sub(1, Ordering::AcqRel);
+        if !self.topic.traced.load(Ordering::Acquire) || self.pending() == 0 {
+            return;
+        }
+        let unread: Vec<Arc<Fanout>> = self
+            .topic
+            .ring
+            .read()
+            .iter_from(self.pos)
+            .filter_map(|entry| entry.trace.clone())
+            .collect();
+        for fanout in unread {
+            fanout.give_up();
+        }
+    }
+}
+
 /// The frames of one drain, in the order their bytes were appended to the caller's
 /// buffer. Reused by the caller: a drain allocates nothing once it is warm.
 #[derive(Debug, Default)]
@@ -81,6 +108,9 @@ pub(crate) struct Frames {
     handles: Vec<Bytes>,
     /// When `handles` is empty: the cursor and ring position of the first frame.
     first: (u32, u64),
+    /// The stream's shares of sampled messages' fan-out spans, by frame index (in
+    /// order); empty unless a drained frame carries one.
+    pub claims: Vec<(usize, Claim)>,
 }
 
 /// One frame of a drain.
@@ -100,13 +130,16 @@ impl Frames {
             marks: Vec::new(),
             handles: Vec::new(),
             first: (0, 0),
+            claims: Vec::new(),
         }
     }
 
-    /// Forgets the frames (and gives memory back when it grew large).
+    /// Forgets the frames (and gives memory back when it grew large). Claims still
+    /// here are given up.
     pub fn clear(&mut self) {
         self.marks.clear();
         self.handles.clear();
+        self.claims.clear();
         if self.marks.capacity() > MAX_KEPT {
             *self = Self::default();
         }
@@ -114,6 +147,13 @@ impl Frames {
 
     fn push(&mut self, received: u64, len: usize) {
         self.marks.push(Mark { received, len });
+    }
+
+    /// Takes a share of `trace` for the frame about to be pushed.
+    fn claim(&mut self, trace: Option<&Arc<Fanout>>) {
+        if let Some(fanout) = trace {
+            self.claims.push((self.marks.len(), fanout.claim()));
+        }
     }
 }
 
@@ -123,6 +163,7 @@ struct Candidate {
     cursor: u32,
     received: u64,
     frame: Bytes,
+    trace: Option<Arc<Fanout>>,
 }
 
 thread_local! {
@@ -563,7 +604,11 @@ fn drain_one(c: &mut Cursor, skip: u64, batch: &mut Batch<'_>) -> u64 {
                     }
                     frames += 1;
                     bytes += len;
+                    batch.list.claim(entry.trace.as_ref());
                     batch.list.push(entry.received, len);
+                } else if let Some(fanout) = &entry.trace {
+                    // The client has it already (a replay said so): never written here.
+                    fanout.give_up();
                 }
                 pos += 1;
                 offset += len as u64;
@@ -640,6 +685,7 @@ fn merge(
                 cursor: index,
                 received: entry.received,
                 frame: entry.frame.clone(),
+                trace: entry.trace.clone(),
             });
         }
     }
@@ -655,6 +701,9 @@ fn merge(
         let len = candidate.frame.len();
         let cursor = &mut cursors[candidate.cursor as usize];
         if candidate.seq <= skip {
+            if let Some(fanout) = &candidate.trace {
+                fanout.give_up();
+            }
             cursor.pos += 1;
             cursor.offset += len as u64;
             continue;
@@ -664,9 +713,14 @@ fn merge(
                 break;
             }
             batch.out.extend_from_slice(&candidate.frame);
+            batch.list.claim(candidate.trace.as_ref());
             batch.push(candidate.received, len);
             batch.list.handles.push(candidate.frame);
             last_seq = Some(candidate.seq);
+        } else if let Some(fanout) = &candidate.trace {
+            // The same message through another of the stream's topics (a JetStream
+            // message matching two of them): written once, counted under the first.
+            fanout.give_up();
         }
         cursor.pos += 1;
         cursor.offset += len as u64;

@@ -20,7 +20,9 @@
 //!
 //! An event counts as sent (`events_sent`, one latency observation) when its last byte
 //! is taken by the socket: the batch's frames at once in the common case, each owed
-//! frame when its write completes otherwise.
+//! frame when its write completes otherwise. A sampled message's fan-out span learns of
+//! the write at the same moment ([`crate::fanout`]); a stream that ends owing the frame
+//! gives its share up.
 
 use std::future::Future;
 use std::io;
@@ -35,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::control::{CloseReason, StreamControl};
+use crate::fanout::Claim;
 use crate::owed::Owed;
 use crate::subscription::{Frames, Subscription};
 
@@ -286,7 +289,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         opening.extend_from_slice(head);
         self.frame_chunk(&mut opening, &body);
         let event = reset.map(|_| self.sub.hub().inner.clock.now());
-        self.owe(opening.freeze(), event);
+        self.owe(opening.freeze(), event, None);
     }
 
     pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<StreamReport> {
@@ -465,9 +468,12 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         let mut delivered = 0u64;
         let owed = &mut self.owed;
         metrics.delivery_latency.with_local(|latency| {
-            owed.advance(n, |received| {
+            owed.advance(n, |received, claim| {
                 latency.observe_nanos(now.saturating_sub(received));
                 delivered += 1;
+                if let Some(claim) = claim {
+                    claim.written(now);
+                }
             });
         });
         if delivered > 0 {
@@ -478,14 +484,15 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         self.control.set_pending_bytes(self.owed.bytes());
     }
 
-    /// Owes `bytes` to the socket, after whatever is owed already.
-    fn owe(&mut self, bytes: Bytes, event: Option<u64>) {
+    /// Owes `bytes` to the socket, after whatever is owed already (`event`: they end an
+    /// event frame received then; `claim`: the stream's share of its fan-out span).
+    fn owe(&mut self, bytes: Bytes, event: Option<u64>, claim: Option<Claim>) {
         self.sub
             .hub()
             .metrics()
             .pending_bytes
             .add(bytes.len() as i64);
-        self.owed.push(bytes, event);
+        self.owed.push(bytes, event, claim);
         self.control.set_pending_bytes(self.owed.bytes());
     }
 
@@ -573,8 +580,15 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
 
     /// After a batch write that took `buf` up to `written` (`buf` holds the chunk-size
     /// line before `body_start`, then the frames, then the chunk's CRLF): the completed
-    /// frames are delivered, the rest is owed as references to the frames.
-    fn settle_batch(&mut self, buf: &BytesMut, body_start: usize, frames: &Frames, written: usize) {
+    /// frames are delivered (and their fan-out claims settled), the rest is owed as
+    /// references to the frames.
+    fn settle_batch(
+        &mut self,
+        buf: &BytesMut,
+        body_start: usize,
+        frames: &mut Frames,
+        written: usize,
+    ) {
         let metrics = self.sub.hub().metrics();
         let now = self.sub.hub().inner.clock.now();
         // Frames before `complete` are completely written; the next starts at `at`.
@@ -594,12 +608,21 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
             self.frames_sent += complete as u64;
             self.control.add_events_sent(complete as u64);
         }
+        // Sampled messages written now: their fan-out spans learn it.
+        let settled = frames.claims.partition_point(|(i, _)| *i < complete);
+        for (_, claim) in frames.claims.drain(..settled) {
+            claim.written(now);
+        }
         if written == buf.len() {
             return;
         }
         // The socket is full: keep references to what it did not take.
         if written < body_start {
-            self.owe(Bytes::copy_from_slice(&buf[written..body_start]), None);
+            self.owe(
+                Bytes::copy_from_slice(&buf[written..body_start]),
+                None,
+                None,
+            );
         }
         let mut owed = Vec::with_capacity(frames.marks.len() - complete);
         self.sub.handles(frames, complete, |i, handle| {
@@ -610,15 +633,17 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 // Evicted between the drain and now (rare): the bytes from the batch.
                 None => Bytes::copy_from_slice(&buf[at + skip..at + mark.len]),
             };
-            owed.push((bytes, mark.received));
+            owed.push((i, bytes, mark.received));
             at += mark.len;
         });
-        for (bytes, received) in owed {
-            self.owe(bytes, Some(received));
+        let mut claims = frames.claims.drain(..).peekable();
+        for (i, bytes, received) in owed {
+            let claim = claims.next_if(|(at, _)| *at == i).map(|(_, claim)| claim);
+            self.owe(bytes, Some(received), claim);
         }
         if matches!(self.framing, BodyFraming::Chunked) {
             let done = written.saturating_sub(at).min(CRLF.len());
-            self.owe(Bytes::from_static(&CRLF[done..]), None);
+            self.owe(Bytes::from_static(&CRLF[done..]), None, None);
         }
     }
 
@@ -715,7 +740,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                     BodyFraming::Chunked => HEARTBEAT_CHUNKED,
                     BodyFraming::Raw => HEARTBEAT_RAW,
                 };
-                self.owe(Bytes::from_static(heartbeat), None);
+                self.owe(Bytes::from_static(heartbeat), None, None);
             } else {
                 self.announced_retry = retry;
                 let mut body = BytesMut::with_capacity(40);
@@ -724,7 +749,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
                 body.extend_from_slice(b"\n");
                 let mut chunk = BytesMut::with_capacity(body.len() + CHUNK_HEADER_ROOM + 2);
                 self.frame_chunk(&mut chunk, &body);
-                self.owe(chunk.freeze(), None);
+                self.owe(chunk.freeze(), None, None);
             }
             match self.poll_write_owed(cx) {
                 Poll::Ready(Ok(())) => {}
@@ -756,7 +781,7 @@ impl<'c, S: AsyncRead + AsyncWrite + Unpin> Writer<'c, S> {
         if let BodyFraming::Chunked = self.framing {
             goodbye.extend_from_slice(b"0\r\n\r\n");
         }
-        self.owe(goodbye.freeze(), None);
+        self.owe(goodbye.freeze(), None, None);
         // A client that stopped reading is still bounded by the write timeout.
     }
 

@@ -31,6 +31,7 @@ use async_nats::ServerAddr;
 use bytes::BytesMut;
 use prometheus::{IntCounter, IntGauge};
 use sse_hub::{Feed, TopicName};
+use sse_trace::{TRACEPARENT, Tracer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -66,6 +67,8 @@ pub(crate) struct Wire<'a> {
     pub demand: &'a Demand,
     pub connected: &'a IntGauge,
     pub confirmations: &'a IntCounter,
+    /// Tracing on: each message's `ingest` span, when sampled.
+    pub tracer: Option<&'a Tracer>,
 }
 
 /// One topic's subscription.
@@ -443,6 +446,17 @@ impl Wire<'_> {
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
         let marker = msg.header(PUBLISH_HEADER).and_then(|v| v.parse().ok());
+        let span = crate::trace::ingest_span(
+            self.tracer,
+            self.tracer
+                .and_then(|_| msg.header(TRACEPARENT))
+                .map(str::as_bytes),
+        )
+        .map(|mut span| {
+            let subject = String::from_utf8_lossy(&msg.subject).into_owned();
+            span.set("messaging.destination.name", subject);
+            span
+        });
         ingest_parts(
             self.feed,
             self.pending,
@@ -450,6 +464,7 @@ impl Wire<'_> {
             msg.payload,
             event_type,
             marker,
+            span,
         );
     }
 }

@@ -6,8 +6,8 @@
 //!
 //! One file per part of the file: `server` (`[server]`, `[admin]`, `[tls]`, `[log]`),
 //! `sse`, `limits`, `bus` (`[bus]`, `[nats]`, `[jetstream]`), `edge` (`[[routes]]`,
-//! `[cors]`) and `auth`. A new key is a field of its `Raw*` struct, its default, its
-//! check in that file's `validate`, and a row in docs/config.md.
+//! `[cors]`), `auth` and `tracing`. A new key is a field of its `Raw*` struct, its
+//! default, its check in that file's `validate`, and a row in docs/config.md.
 
 mod auth;
 mod bus;
@@ -16,6 +16,7 @@ mod keys;
 mod limits;
 mod server;
 mod sse;
+mod tracing;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +36,7 @@ pub use self::server::{
     TlsSettings,
 };
 pub use self::sse::{RawSse, SseSettings};
+pub use self::tracing::{RawTracing, TracingSettings};
 
 /// A secret from the file (a token): shown as `<redacted>` by `Debug`, compared in
 /// constant time.
@@ -133,6 +135,8 @@ pub struct RawConfig {
     pub auth: RawAuth,
     /// `[log]`
     pub log: RawLog,
+    /// `[tracing]`
+    pub tracing: RawTracing,
 }
 
 impl RawConfig {
@@ -177,6 +181,8 @@ pub struct Config {
     /// Every key with its value as the file gave it or by default, for telling what a
     /// reload changes.
     pub keys: Keys,
+    /// `[tracing]`, when an endpoint is set.
+    pub tracing: Option<TracingSettings>,
 }
 
 impl Config {
@@ -206,6 +212,7 @@ impl Config {
             tls,
             auth,
             log,
+            tracing,
         } = raw;
         let (bus, nats, jetstream) = bus::validate(bus, nats, jetstream)?;
         let (server, admin, tls) = server::validate(server, admin, tls)?;
@@ -227,6 +234,7 @@ impl Config {
             log_json,
             log_level,
             keys,
+            tracing: tracing::validate(tracing)?,
         })
     }
 }

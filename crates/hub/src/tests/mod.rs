@@ -2,6 +2,7 @@ mod accounting;
 mod budgets;
 mod durable;
 mod hub;
+mod traces;
 mod writer;
 
 use std::sync::{Arc, Mutex};
@@ -99,6 +100,7 @@ pub(crate) fn msg(data: &str) -> Incoming {
         payload: data.to_owned().into(),
         event_type: None,
         received: Instant::now(),
+        trace: None,
     }
 }
 
