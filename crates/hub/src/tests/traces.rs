@@ -9,7 +9,9 @@ use sse_trace::{Exporter, Kind, Parent, Span, SpanContext, SpanRecord, Tracer, V
 use tokio::io::{AsyncReadExt, DuplexStream};
 
 use super::{hub_with, msg, topic};
-use crate::{BodyFraming, Hub, Incoming, StreamControl, StreamReport, WriterConfig, serve};
+use crate::{
+    BodyFraming, Cadence, Hub, Incoming, StreamControl, StreamReport, WriterConfig, serve,
+};
 
 #[derive(Debug, Default)]
 struct Keep(Arc<Mutex<Vec<SpanRecord>>>);
@@ -56,8 +58,7 @@ fn int(span: &SpanRecord, key: &str) -> i64 {
 
 fn config() -> WriterConfig {
     WriterConfig {
-        heartbeat: Duration::from_secs(15),
-        retry: Duration::from_secs(3),
+        cadence: Cadence::new(Duration::from_secs(15), Duration::from_secs(3)),
         write_timeout: Duration::from_secs(10),
         client_buffer: 64,
         client_buffer_bytes: 4 * 1024 * 1024,
