@@ -81,12 +81,11 @@ impl ServeHttp for AdminApp {
         let req = session.req_header();
         let path = req.uri.path();
         if path.starts_with(API_PREFIX) {
-            let config = self.reloader.running();
             let api = OperatorApi {
                 hub: &self.streams.hub,
                 registry: &self.streams.registry,
                 token: self.token.as_ref(),
-                config: &config,
+                config: &self.reloader,
                 upgrade: &self.upgrade,
             };
             return api

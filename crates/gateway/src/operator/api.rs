@@ -27,8 +27,9 @@ use serde::Serialize;
 use sse_hub::{CloseReason, Hub, TopicInfo};
 
 use super::registry::{BlockKey, Filter, Registry, StreamEntry, StreamId};
-use crate::config::{Keys, Secret};
+use crate::config::Secret;
 use crate::edge::{ApiError, Response};
+use crate::reload::Reloader;
 use crate::shutdown::UpgradeRequest;
 
 /// Entries per list when `limit` is not given.
@@ -48,8 +49,8 @@ pub struct OperatorApi<'a> {
     pub registry: &'a Registry,
     /// `admin.token`.
     pub token: Option<&'a Secret>,
-    /// The configuration in force.
-    pub config: &'a Keys,
+    /// The configuration in force (read only for `GET /api/config`).
+    pub config: &'a Reloader,
     /// Starts a hand-over to a new process.
     pub upgrade: &'a UpgradeRequest,
 }
@@ -88,7 +89,7 @@ impl OperatorApi<'_> {
             ("DELETE", Some(("streams", id))) => self.close_one(id, &query),
             ("GET" | "HEAD", None) if rest == "config" => Ok(Response::json(
                 200,
-                &serde_json::json!({ "keys": self.config }),
+                &serde_json::json!({ "keys": self.config.running() }),
             )),
             (_, None) if rest == "config" => Err(ApiError::method_not_allowed(call.method, "GET")),
             ("POST", None) if rest == "upgrade" => {

@@ -9,9 +9,7 @@ use sse_trace::{Exporter, Kind, Parent, Span, SpanContext, SpanRecord, Tracer, V
 use tokio::io::{AsyncReadExt, DuplexStream};
 
 use super::{hub_with, msg, topic};
-use crate::{
-    BodyFraming, Cadence, Hub, Incoming, StreamControl, StreamReport, WriterConfig, serve,
-};
+use crate::{BodyFraming, Hub, Incoming, StreamControl, StreamReport, WriterConfig, serve};
 
 #[derive(Debug, Default)]
 struct Keep(Arc<Mutex<Vec<SpanRecord>>>);
@@ -58,14 +56,8 @@ fn int(span: &SpanRecord, key: &str) -> i64 {
 
 fn config() -> WriterConfig {
     WriterConfig {
-        cadence: Cadence::new(Duration::from_secs(15), Duration::from_secs(3)),
-        write_timeout: Duration::from_secs(10),
         client_buffer: 64,
-        client_buffer_bytes: 4 * 1024 * 1024,
-        max_write_frames: usize::MAX,
-        max_write_bytes: 64 * 1024,
-        drain_spread: Duration::ZERO,
-        drain_retry: Duration::from_secs(3),
+        ..super::writer::config()
     }
 }
 

@@ -11,7 +11,7 @@ use crate::{
     BodyFraming, Cadence, CloseReason, StreamControl, StreamEnd, StreamReport, WriterConfig, serve,
 };
 
-fn config() -> WriterConfig {
+pub(super) fn config() -> WriterConfig {
     WriterConfig {
         cadence: Cadence::new(Duration::from_secs(15), Duration::from_secs(3)),
         write_timeout: Duration::from_secs(10),
